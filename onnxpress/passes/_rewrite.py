@@ -1,0 +1,111 @@
+"""Small graph edits shared by passes (rewiring consumers, bypassing a node).
+
+All helpers work across subgraphs: onnx-graphsurgeon shares one tensor object
+between the outer graph and the subgraphs that capture it, and a tensor's
+``outputs`` list holds its consumers in every graph.
+"""
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from ..graph import Model, iter_graphs
+
+__all__ = [
+    "replace_uses",
+    "bypass_node",
+    "graph_output_names",
+    "all_graph_outputs",
+    "consumers",
+    "producer",
+    "remove_nodes",
+    "ONNX_DOMAINS",
+]
+
+ONNX_DOMAINS = (None, "", "ai.onnx")
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """Nodes that read ``tensor``, in any graph."""
+    return list(tensor.outputs)
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that writes ``tensor``, or None for inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def graph_output_names(graph: gs.Graph) -> set[str]:
+    return {t.name for t in graph.outputs}
+
+
+def all_graph_outputs(model: Model) -> set[int]:
+    """ids of tensors that are an output of the main graph, a subgraph or a function."""
+    return {id(t) for g in iter_graphs(model.graph) for t in g.outputs}
+
+
+def replace_uses(old: gs.Tensor, new: gs.Tensor) -> int:
+    """Make every consumer of ``old`` read ``new`` instead (graph outputs untouched).
+
+    Returns:
+        How many node inputs were rewired.
+    """
+    count = 0
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+                count += 1
+    return count
+
+
+def bypass_node(model: Model, graph: gs.Graph, node: gs.Node, input_index: int = 0) -> bool:
+    """Remove a node whose output 0 equals its input ``input_index``.
+
+    Consumers of the output read the input instead. When the output is a graph
+    output (of any graph), the node is kept unless the input is produced by a node
+    of the same graph that can write the output name instead (and the input is
+    not itself a graph output).
+
+    Returns:
+        True when the node was removed.
+    """
+    src = node.inputs[input_index]
+    out = node.outputs[0]
+    outputs = all_graph_outputs(model)
+    if id(out) in outputs:
+        prod = producer(src)
+        if (
+            prod is None
+            or prod not in graph.nodes
+            or id(src) in outputs
+            or src.name in model.overridable
+        ):
+            return False
+        # The producer writes ``out`` directly; ``src``'s other readers follow.
+        for i, t in enumerate(prod.outputs):
+            if t is src:
+                idx = i
+                break
+        else:
+            return False
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.remove(node)
+        replace_uses(src, out)
+        prod.outputs[idx] = out
+        src.inputs.clear()
+        return True
+    replace_uses(out, src)
+    node.inputs.clear()
+    node.outputs.clear()
+    graph.nodes.remove(node)
+    return True
+
+
+def remove_nodes(graph: gs.Graph, nodes: list[gs.Node]) -> None:
+    """Remove nodes from ``graph`` and disconnect them."""
+    drop = {id(n) for n in nodes}
+    for n in nodes:
+        n.inputs.clear()
+        n.outputs.clear()
+    graph.nodes = [n for n in graph.nodes if id(n) not in drop]

@@ -1,0 +1,64 @@
+"""Shared test helpers: differential checks in onnxruntime with optimizations off and on."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxpress.graph import Model, load
+from onnxpress.passes import Context, PassManager, make_pass
+
+
+def run_ort(model: onnx.ModelProto | Model, feeds: dict, optimize: bool = False) -> list[np.ndarray]:
+    """Run ``model`` on the CPU EP; ``optimize=False`` disables every ORT graph rewrite."""
+    proto = model.to_proto() if isinstance(model, Model) else model
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def assert_equivalent(before, after, feeds_list, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Outputs of ``after`` equal those of ``before`` (values and shapes), ORT opts off and on."""
+    if isinstance(feeds_list, dict):
+        feeds_list = [feeds_list]
+    for feeds in feeds_list:
+        for optimize in (False, True):
+            ref = run_ort(before, feeds, optimize)
+            got = run_ort(after, feeds, optimize)
+            assert len(ref) == len(got)
+            for r, g in zip(ref, got):
+                assert r.shape == g.shape, (r.shape, g.shape)
+                assert r.dtype == g.dtype
+                np.testing.assert_allclose(g, r, rtol=rtol, atol=atol)
+
+
+def apply(proto: onnx.ModelProto, *names: str, strict: bool = True, **options):
+    """Run passes ``names`` (with ``options`` for a single pass) to a fixed point.
+
+    Returns:
+        (exported ModelProto, list of PassRecord)
+    """
+    model = load(onnx.ModelProto.FromString(proto.SerializeToString()))
+    passes = [make_pass(n, **(options if len(names) == 1 else {})) for n in names]
+    records = PassManager(passes, strict=strict).run(model, Context())
+    out = model.to_proto()
+    onnx.checker.check_model(out, full_check=True)
+    return out, records
+
+
+def run_once(proto: onnx.ModelProto, name: str, **options):
+    """Run one pass once; return (exported proto, PassResult, Model)."""
+    model = load(onnx.ModelProto.FromString(proto.SerializeToString()))
+    result = make_pass(name, **options).run(model, Context())
+    return model.to_proto(), result, model
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
