@@ -79,7 +79,7 @@ class Model:
                 if vi.name in initializer_names:
                     overridable.add(vi.name)
             graph.inputs = inputs
-        used = set(tensors)
+        used = _names_read(proto.graph) | {o.name for o in proto.graph.output}
         orphans = [
             gs.Constant(init.name, gs.ir.tensor.LazyValues(init))
             for init in proto.graph.initializer
@@ -119,6 +119,8 @@ class Model:
                 gs.exporters.onnx_exporter.OnnxExporter.export_tensor_proto(t)
                 for t in self.orphan_initializers
             )
+        _hoist_shared_initializers(proto.graph, self._shared_constant_names())
+        _drop_shadow_initializers(proto.graph, frozenset())
         proto.ir_version = self.ir_version
         proto.producer_name = self.producer_name
         proto.producer_version = self.producer_version
@@ -129,6 +131,18 @@ class Model:
             proto.metadata_props.add(key=key, value=value)
         return proto
 
+    def _shared_constant_names(self) -> set[str]:
+        """Names of constants read by nodes of two or more graphs."""
+        readers: dict[int, set[int]] = {}
+        names: dict[int, str] = {}
+        for g in iter_graphs(self.graph, functions=False):
+            for node in g.nodes:
+                for t in node.inputs:
+                    if isinstance(t, gs.Constant):
+                        readers.setdefault(id(t), set()).add(id(g))
+                        names[id(t)] = t.name
+        return {names[k] for k, v in readers.items() if len(v) > 1}
+
     # ----------------------------------------------------------------- helpers
     def is_constant(self, tensor: gs.Tensor) -> bool:
         """True when ``tensor`` is a gs Constant whose value cannot be overridden."""
@@ -138,6 +152,67 @@ class Model:
     def opset(self) -> int:
         """Opset version of the default ONNX domain."""
         return self.opset_imports.get("", self.opset_imports.get("ai.onnx", 1))
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Names read by any node of ``graph`` or of its subgraphs (at any depth)."""
+    names: set[str] = set()
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            names.update(node.input)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+        names.update(o.name for o in g.output)
+    return names
+
+
+def _hoist_shared_initializers(main: onnx.GraphProto, names: set[str]) -> None:
+    """gs writes a constant read by several subgraphs into each of them; keep one
+    copy in the main graph instead (visible to every subgraph)."""
+    if not names:
+        return
+    have = {t.name for t in main.initializer}
+    stack = [n for n in main.node]
+    while stack:
+        node = stack.pop()
+        for attr in node.attribute:
+            graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for g in graphs:
+                keep = []
+                for t in g.initializer:
+                    if t.name in names:
+                        if t.name not in have:
+                            main.initializer.append(t)
+                            have.add(t.name)
+                    else:
+                        keep.append(t)
+                if len(keep) != len(g.initializer):
+                    del g.initializer[:]
+                    g.initializer.extend(keep)
+                stack.extend(g.node)
+
+
+def _drop_shadow_initializers(graph: onnx.GraphProto, outer: frozenset[str]) -> None:
+    """gs writes an outer-scope constant read by a subgraph into the subgraph as
+    well; drop such copies, so the subgraph reads the outer initializer again."""
+    if outer:
+        keep = [t for t in graph.initializer if t.name not in outer]
+        if len(keep) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep)
+    visible = outer | {t.name for t in graph.initializer}
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _drop_shadow_initializers(attr.g, visible)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sg in attr.graphs:
+                    _drop_shadow_initializers(sg, visible)
 
 
 def is_foldable_constant(tensor: gs.Tensor, overridable: set[str] | frozenset[str] = frozenset()) -> bool:

@@ -14,7 +14,15 @@ from .base import (
     register,
     registered_passes,
 )
-from . import lift_constants  # noqa: F401  (registers)
+from . import (  # noqa: F401  (importing registers the passes)
+    eliminate_dead_code,
+    fold_batchnorm,
+    fold_constants,
+    lift_constants,
+    merge_initializers,
+    remove_noops,
+    remove_unused_initializers,
+)
 
 __all__ = [
     "Context",
