@@ -76,7 +76,7 @@ def bypass_node(model: Model, graph: gs.Graph, node: gs.Node, input_index: int =
         prod = producer(src)
         if (
             prod is None
-            or prod not in graph.nodes
+            or not any(n is prod for n in graph.nodes)
             or id(src) in outputs
             or src.name in model.overridable
         ):
@@ -90,7 +90,7 @@ def bypass_node(model: Model, graph: gs.Graph, node: gs.Node, input_index: int =
             return False
         node.inputs.clear()
         node.outputs.clear()
-        graph.nodes.remove(node)
+        _remove_node(graph, node)
         replace_uses(src, out)
         prod.outputs[idx] = out
         src.inputs.clear()
@@ -98,8 +98,18 @@ def bypass_node(model: Model, graph: gs.Graph, node: gs.Node, input_index: int =
     replace_uses(out, src)
     node.inputs.clear()
     node.outputs.clear()
-    graph.nodes.remove(node)
+    _remove_node(graph, node)
     return True
+
+
+def _remove_node(graph: gs.Graph, node: gs.Node) -> None:
+    # By identity: ``list.remove`` would call gs ``Node.__eq__`` (which compares
+    # names, attrs, inputs and outputs) on every node before it, making a pass that
+    # removes many nodes quadratic with a large constant.
+    for i, n in enumerate(graph.nodes):
+        if n is node:
+            del graph.nodes[i]
+            return
 
 
 def remove_nodes(graph: gs.Graph, nodes: list[gs.Node]) -> None:

@@ -6,6 +6,15 @@ fusions) and once with all enabled (so a rewrite that trips onnxruntime shows).
 Outputs are matched by position; shapes and dtypes must match exactly, values
 within ``atol + rtol * |reference|`` elementwise (numpy ``allclose`` semantics).
 
+The judgement at the ``disabled`` level is exact. At the ``enabled`` level
+onnxruntime's own fusions reassociate float arithmetic, and on deep models that
+alone moves outputs by more than a tight tolerance (PP-OCRv4 det: 5e-5 between the
+*original* model at the two levels). There each element's tolerance is widened by
+``|reference_enabled - reference_disabled|``, the noise onnxruntime shows on the
+original itself, plus that noise's maximum over the output (the candidate's own
+fusions add noise of the same scale); the maximum is reported as ``ort_noise``.
+A rewrite that trips onnxruntime still fails: its error exceeds that noise.
+
 Metrics per output, aggregated over all feeds (the idea of Polygraphy's
 comparator: per-output results that are truthy when they pass):
 - ``max_abs``, ``mean_abs``: absolute error;
@@ -77,6 +86,7 @@ class OutputMetrics:
     cosine: float = 1.0
     snr_db: float = math.inf
     nonfinite: int = 0
+    ort_noise: float = 0.0
     passed: bool = True
     reason: str = ""
 
@@ -117,7 +127,7 @@ class CheckReport:
 
     def to_table(self) -> str:
         """A readable fixed-width table, one row per output and ORT level."""
-        head = f"{'output':<24} {'ort opt':<8} {'shape':<16} {'max abs':>10} {'mean abs':>10} {'cosine':>10} {'SNR dB':>8}  result"
+        head = f"{'output':<24} {'ort opt':<8} {'shape':<16} {'max abs':>10} {'mean abs':>10} {'cosine':>10} {'SNR dB':>8} {'ORT noise':>10}  result"
         rows = [head, "-" * len(head)]
         for o in self.outputs:
             shape = "x".join(map(str, o.shape_got)) if o.shape_got == o.shape_ref else f"{o.shape_ref}!={o.shape_got}"
@@ -125,7 +135,7 @@ class CheckReport:
             verdict = "ok" if o.passed else f"FAIL ({o.reason})"
             rows.append(
                 f"{o.name[:24]:<24} {o.level:<8} {shape[:16]:<16} {o.max_abs:>10.3g} {o.mean_abs:>10.3g} "
-                f"{o.cosine:>10.6f} {snr:>8}  {verdict}"
+                f"{o.cosine:>10.6f} {snr:>8} {o.ort_noise:>10.3g}  {verdict}"
             )
         rows.append(
             f"{'PASS' if self.passed else 'FAIL'}: {self.feeds} feed(s), atol={self.atol:g}, rtol={self.rtol:g}"
@@ -150,13 +160,16 @@ class _Accumulator:
         self.err_sq = 0.0
         self.nonfinite = 0
         self.violations = 0
+        self.ort_noise = 0.0
         self.shape_ref: list[int] = []
         self.shape_got: list[int] = []
         self.dtype_ref = ""
         self.dtype_got = ""
         self.mismatch = ""
 
-    def add(self, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> None:
+    def add(
+        self, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float, ref_exact: np.ndarray | None = None
+    ) -> None:
         self.shape_ref, self.shape_got = list(ref.shape), list(got.shape)
         self.dtype_ref, self.dtype_got = str(ref.dtype), str(got.dtype)
         if ref.shape != got.shape:
@@ -184,7 +197,14 @@ class _Accumulator:
         self.ref_sq += float(r_f @ r_f)
         self.got_sq += float(g_f @ g_f)
         self.err_sq += float(diff @ diff)
-        self.violations += int(np.count_nonzero(diff > atol + rtol * np.abs(r_f)))
+        tol = atol + rtol * np.abs(r_f)
+        if ref_exact is not None and ref_exact.shape == ref.shape:
+            noise = np.abs(r - ref_exact.astype(np.float64).ravel())[both]
+            noise = np.where(np.isfinite(noise), noise, 0.0)
+            scale = float(noise.max()) if noise.size else 0.0
+            self.ort_noise = max(self.ort_noise, scale)
+            tol = tol + noise + scale
+        self.violations += int(np.count_nonzero(diff > tol))
         self.violations += int(np.count_nonzero(~both & ~same_special))
 
     def result(self, name: str, level: str) -> OutputMetrics:
@@ -211,6 +231,7 @@ class _Accumulator:
             cosine=cosine,
             snr_db=snr,
             nonfinite=self.nonfinite,
+            ort_noise=self.ort_noise,
             passed=not reason,
             reason=reason,
         )
@@ -222,7 +243,7 @@ def compare(
     feeds: Iterable[Feeds],
     atol: float = 1e-5,
     rtol: float = 1e-4,
-    levels: Sequence[str] = LEVELS,
+    levels: Sequence[str] = LEVELS,  # "disabled" first: it is the exact reference
     measure_latency: bool = False,
     latency_repeats: int = 20,
 ) -> CheckReport:
@@ -247,30 +268,38 @@ def compare(
     feeds = validate_feeds(reference, list(feeds))
     report = CheckReport(atol=atol, rtol=rtol, feeds=len(feeds))
     ref_bytes, cand_bytes = reference.SerializeToString(), candidate.SerializeToString()
-    for level in levels:
-        s_ref = make_session(ref_bytes, level)
-        s_got = make_session(cand_bytes, level)
-        names = [o.name for o in s_ref.get_outputs()]
-        got_names = [o.name for o in s_got.get_outputs()]
-        if len(names) != len(got_names):
-            raise CheckError(f"the models have {len(names)} and {len(got_names)} outputs")
-        accs = [_Accumulator() for _ in names]
-        for feed in feeds:
+    sessions = {level: (make_session(ref_bytes, level), make_session(cand_bytes, level)) for level in levels}
+    first_ref = sessions[levels[0]][0]
+    names = [o.name for o in first_ref.get_outputs()]
+    for level, (_, s_got) in sessions.items():
+        if len(s_got.get_outputs()) != len(names):
+            raise CheckError(f"the models have {len(names)} and {len(s_got.get_outputs())} outputs")
+    cand_inputs = {i.name for i in sessions[levels[0]][1].get_inputs()}
+    accs = {level: [_Accumulator() for _ in names] for level in levels}
+    for feed in feeds:
+        cand_feed = {k: v for k, v in feed.items() if k in cand_inputs}
+        exact = None
+        for level, (s_ref, s_got) in sessions.items():
             try:
                 ref_out = s_ref.run(None, feed)
             except Exception as exc:
                 raise CheckError(f"reference model fails to run: {str(exc).splitlines()[0]}") from exc
             try:
-                got_out = s_got.run(None, {k: v for k, v in feed.items() if k in {i.name for i in s_got.get_inputs()}})
+                got_out = s_got.run(None, cand_feed)
             except Exception as exc:
                 raise CheckError(f"candidate model fails to run: {str(exc).splitlines()[0]}") from exc
-            for acc, r, g in zip(accs, ref_out, got_out):
-                acc.add(np.asarray(r), np.asarray(g), atol, rtol)
-        report.outputs.extend(acc.result(name, level) for acc, name in zip(accs, names))
+            if level == "disabled":
+                exact = ref_out
+            for k, (acc, r, g) in enumerate(zip(accs[level], ref_out, got_out)):
+                slack = np.asarray(exact[k]) if exact is not None and level != "disabled" else None
+                acc.add(np.asarray(r), np.asarray(g), atol, rtol, slack)
+    for level in levels:
+        report.outputs.extend(acc.result(name, level) for acc, name in zip(accs[level], names))
         if measure_latency and feeds:
+            s_ref, s_got = sessions[level]
             report.latency_ms[level] = {
                 "reference": _time(s_ref, feeds[0], latency_repeats),
-                "candidate": _time(s_got, {k: v for k, v in feeds[0].items() if k in {i.name for i in s_got.get_inputs()}}, latency_repeats),
+                "candidate": _time(s_got, {k: v for k, v in feeds[0].items() if k in cand_inputs}, latency_repeats),
             }
     return report
 

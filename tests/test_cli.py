@@ -1,0 +1,115 @@
+"""CLI: optimize/check/inspect/passes/recipes, exit codes, bad input writes nothing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxpress.cli import main
+from onnxpress.demo import load_demo
+
+
+@pytest.fixture
+def mlp(tmp_path):
+    model, x, _ = load_demo()
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "feed.npz", input=x[:8])
+    return path
+
+
+def test_optimize_shrinks_and_checks(mlp, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    code = main(["optimize", str(mlp), "-o", str(out), "--data", str(tmp_path / "feed.npz"), "--json", str(tmp_path / "r.json")])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "nodes" in text and "PASS" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["after"]["nodes"] < report["before"]["nodes"]
+    assert report["check"]["passed"]
+    assert len(onnx.load(out).graph.node) == 3  # Gemm, Relu, Gemm
+
+
+def test_check_inspect_passes_recipes(mlp, tmp_path, capsys):
+    assert main(["check", str(mlp), str(mlp), "--dim", "N=3"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["inspect", str(mlp), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["op_types"]["Gemm"] == 2
+    assert main(["inspect", str(mlp)]) == 0
+    assert "Gemm" in capsys.readouterr().out
+    assert main(["passes"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("lift-constants", "fold-constants", "remove-noops", "fold-batchnorm", "eliminate-dead-code"):
+        assert name in listed
+    assert main(["recipes", "show", "lossless"]) == 0
+    assert "fold-constants" in capsys.readouterr().out
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "onnxpress", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("not_onnx", "not an ONNX model"),
+        ("truncated", "truncated"),
+        ("missing_data", "external data file"),
+        ("unknown_pass", "unknown pass 'no-such-pass'"),
+        ("unknown_input", "no input 'nope'"),
+        ("missing", "no such model file"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(mlp, tmp_path, case, message):
+    src = mlp
+    extra = []
+    if case == "not_onnx":
+        src = tmp_path / "x.onnx"
+        src.write_text("hello")
+    elif case == "truncated":
+        src = tmp_path / "t.onnx"
+        src.write_bytes(mlp.read_bytes()[: mlp.stat().st_size // 2])
+    elif case == "missing_data":
+        src = tmp_path / "ext.onnx"
+        onnx.save(onnx.load(mlp), src, save_as_external_data=True, location="ext.onnx.data")
+        (tmp_path / "ext.onnx.data").unlink()
+    elif case == "unknown_pass":
+        extra = ["--passes", "fold-constants,no-such-pass"]
+    elif case == "unknown_input":
+        np.savez(tmp_path / "bad.npz", nope=np.zeros((1, 784), np.float32))
+        extra = ["--data", str(tmp_path / "bad.npz")]
+    elif case == "missing":
+        src = tmp_path / "missing.onnx"
+    out = tmp_path / "out.onnx"
+    before = sorted(os.listdir(tmp_path))
+    r = _run("optimize", str(src), "-o", str(out), *extra)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_verbose_shows_traceback(tmp_path):
+    src = tmp_path / "x.onnx"
+    src.write_text("hello")
+    r = _run("--verbose", "optimize", str(src), "-o", str(tmp_path / "o.onnx"))
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_failed_check_exits_1_and_does_not_write(tmp_path, capsys):
+    a = onnx.parser.parse_model('''
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) { y = Relu(x) }''')
+    b = onnx.parser.parse_model('''
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) { y = Abs(x) }''')
+    onnx.save(a, tmp_path / "a.onnx")
+    onnx.save(b, tmp_path / "b.onnx")
+    assert main(["check", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")]) == 1
+    assert "FAIL" in capsys.readouterr().out
