@@ -17,6 +17,8 @@ from typing import Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 __all__ = ["Model", "iter_graphs", "iter_nodes", "is_foldable_constant"]
 
@@ -100,27 +102,58 @@ class Model:
         )
 
     # ------------------------------------------------------------------ export
-    def to_proto(self) -> onnx.ModelProto:
-        """Export to a new ``ModelProto`` (initializers inline, sharing untouched
-        tensors' protos with the original)."""
+    def export(self) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+        """Export to a ``ModelProto`` whose main graph has no initializers, and the
+        main graph's initializers as a separate list.
+
+        Unchanged weights are the original ``TensorProto`` objects, not copies, so
+        :func:`onnxpress.graph.save` can stream them to disk one at a time.
+        """
         opsets = dict(self.opset_imports)
         for g in iter_graphs(self.graph):
             for node in g.nodes:
                 if node.domain and node.domain not in opsets and node.domain != "ai.onnx":
                     opsets[node.domain] = 1
                     logger.debug("adding opset import for domain %r", node.domain)
-        proto = gs.export_onnx(
-            self.graph,
-            do_type_check=False,
-            opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()],
+        graph = self.graph
+        tensor_map = graph.tensors()
+        inits = [
+            OnnxExporter.export_tensor_proto(t)
+            for t in tensor_map.values()
+            if isinstance(t, gs.Constant) and not isinstance(t._values, SparseValues)
+        ]
+        sparse = [
+            OnnxExporter.export_sparse_tensor_proto(t)
+            for t in tensor_map.values()
+            if isinstance(t, gs.Constant) and isinstance(t._values, SparseValues)
+        ]
+        inits.extend(OnnxExporter.export_tensor_proto(t) for t in self.orphan_initializers)
+        for t in list(graph.inputs) + list(graph.outputs):
+            tensor_map.pop(t.name, None)
+        value_info = [
+            OnnxExporter.export_value_info_proto(t, do_type_check=False)
+            for t in tensor_map.values()
+            if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None)
+        ]
+        gproto = onnx.helper.make_graph(
+            nodes=[OnnxExporter.export_node(n) for n in graph.nodes],
+            name=graph.name,
+            inputs=[OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs],
+            outputs=[OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs],
+            initializer=[],
+            sparse_initializer=sparse,
+            doc_string=graph.doc_string,
+            value_info=value_info,
         )
-        if self.orphan_initializers:
-            proto.graph.initializer.extend(
-                gs.exporters.onnx_exporter.OnnxExporter.export_tensor_proto(t)
-                for t in self.orphan_initializers
-            )
-        _hoist_shared_initializers(proto.graph, self._shared_constant_names())
-        _drop_shadow_initializers(proto.graph, frozenset())
+        main_names = {t.name for t in inits}
+        inits.extend(_hoist_shared_initializers(gproto, self._shared_constant_names(), main_names))
+        for sg in _subgraph_protos(gproto):
+            _drop_shadow_initializers(sg, frozenset(main_names))
+        proto = onnx.helper.make_model(
+            gproto,
+            opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()],
+            functions=[OnnxExporter.export_function(f) for f in graph.functions],
+        )
         proto.ir_version = self.ir_version
         proto.producer_name = self.producer_name
         proto.producer_version = self.producer_version
@@ -129,6 +162,12 @@ class Model:
         proto.doc_string = self.doc_string
         for key, value in self.metadata_props.items():
             proto.metadata_props.add(key=key, value=value)
+        return proto, inits
+
+    def to_proto(self) -> onnx.ModelProto:
+        """Export to a new, self-contained ``ModelProto`` (weights copied in)."""
+        proto, inits = self.export()
+        proto.graph.initializer.extend(inits)
         return proto
 
     def _shared_constant_names(self) -> set[str]:
@@ -171,48 +210,57 @@ def _names_read(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _hoist_shared_initializers(main: onnx.GraphProto, names: set[str]) -> None:
-    """gs writes a constant read by several subgraphs into each of them; keep one
-    copy in the main graph instead (visible to every subgraph)."""
-    if not names:
-        return
-    have = {t.name for t in main.initializer}
-    stack = [n for n in main.node]
-    while stack:
-        node = stack.pop()
+def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Direct subgraphs of the nodes of ``graph``."""
+    for node in graph.node:
         for attr in node.attribute:
-            graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for g in graphs:
-                keep = []
-                for t in g.initializer:
-                    if t.name in names:
-                        if t.name not in have:
-                            main.initializer.append(t)
-                            have.add(t.name)
-                    else:
-                        keep.append(t)
-                if len(keep) != len(g.initializer):
-                    del g.initializer[:]
-                    g.initializer.extend(keep)
-                stack.extend(g.node)
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def _hoist_shared_initializers(
+    main: onnx.GraphProto, names: set[str], have: set[str]
+) -> list[onnx.TensorProto]:
+    """gs writes a constant read by several subgraphs into each of them; remove
+    those copies and return one of each, to become a main-graph initializer
+    (visible to every subgraph). ``have``: names the main graph already holds."""
+    hoisted: list[onnx.TensorProto] = []
+    if not names:
+        return hoisted
+    stack = list(_subgraph_protos(main))
+    while stack:
+        g = stack.pop()
+        keep = []
+        for t in g.initializer:
+            if t.name in names:
+                if t.name not in have:
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(t)
+                    hoisted.append(copy)
+                    have.add(t.name)
+            else:
+                keep.append(t)
+        if len(keep) != len(g.initializer):
+            kept = [onnx.TensorProto.FromString(t.SerializeToString()) for t in keep]
+            del g.initializer[:]
+            g.initializer.extend(kept)
+        stack.extend(_subgraph_protos(g))
+    return hoisted
 
 
 def _drop_shadow_initializers(graph: onnx.GraphProto, outer: frozenset[str]) -> None:
     """gs writes an outer-scope constant read by a subgraph into the subgraph as
     well; drop such copies, so the subgraph reads the outer initializer again."""
-    if outer:
-        keep = [t for t in graph.initializer if t.name not in outer]
-        if len(keep) != len(graph.initializer):
-            del graph.initializer[:]
-            graph.initializer.extend(keep)
+    keep = [t for t in graph.initializer if t.name not in outer]
+    if len(keep) != len(graph.initializer):
+        kept = [onnx.TensorProto.FromString(t.SerializeToString()) for t in keep]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
     visible = outer | {t.name for t in graph.initializer}
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _drop_shadow_initializers(attr.g, visible)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sg in attr.graphs:
-                    _drop_shadow_initializers(sg, visible)
+    for sg in _subgraph_protos(graph):
+        _drop_shadow_initializers(sg, visible)
 
 
 def is_foldable_constant(tensor: gs.Tensor, overridable: set[str] | frozenset[str] = frozenset()) -> bool:
@@ -251,5 +299,13 @@ def iter_nodes(graph: gs.Graph, functions: bool = True) -> Iterator[tuple[gs.Gra
 
 
 def constant_array(tensor: gs.Constant) -> np.ndarray:
-    """The value of a gs Constant as a numpy array (loads lazy values)."""
+    """The value of a gs Constant as a numpy array.
+
+    Unlike ``tensor.values``, reading a lazily loaded weight this way does not
+    cache the array in the Constant, so the export keeps streaming the original
+    ``TensorProto`` instead of a second copy of the weight.
+    """
+    values = tensor._values
+    if isinstance(values, gs.ir.tensor.LazyValues):
+        return values.load()
     return np.asarray(tensor.values)

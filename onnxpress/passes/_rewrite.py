@@ -58,7 +58,13 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor) -> int:
     return count
 
 
-def bypass_node(model: Model, graph: gs.Graph, node: gs.Node, input_index: int = 0) -> bool:
+def bypass_node(
+    model: Model,
+    graph: gs.Graph,
+    node: gs.Node,
+    input_index: int = 0,
+    outputs: set[int] | None = None,
+) -> bool:
     """Remove a node whose output 0 equals its input ``input_index``.
 
     Consumers of the output read the input instead. When the output is a graph
@@ -66,12 +72,18 @@ def bypass_node(model: Model, graph: gs.Graph, node: gs.Node, input_index: int =
     of the same graph that can write the output name instead (and the input is
     not itself a graph output).
 
+    Args:
+        outputs: ``all_graph_outputs(model)``, when the caller has it (it stays
+            valid across bypasses: graph output tensors are never replaced). Passing
+            it keeps a pass that bypasses many nodes linear.
+
     Returns:
         True when the node was removed.
     """
     src = node.inputs[input_index]
     out = node.outputs[0]
-    outputs = all_graph_outputs(model)
+    if outputs is None:
+        outputs = all_graph_outputs(model)
     if id(out) in outputs:
         prod = producer(src)
         if (

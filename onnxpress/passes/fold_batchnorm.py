@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, iter_graphs
+from ..graph import Model, constant_array, iter_graphs
 from ._rewrite import ONNX_DOMAINS, all_graph_outputs
 from .base import Context, Pass, PassResult, register
 
@@ -89,6 +89,7 @@ class FoldBatchNorm(Pass):
         try:
             for g in iter_graphs(model.graph):
                 self._local = {id(n) for n in g.nodes}
+                self._dead: set[int] = set()
                 for node in list(g.nodes):
                     if not node.outputs or node.domain not in ONNX_DOMAINS:
                         continue
@@ -105,6 +106,8 @@ class FoldBatchNorm(Pass):
                         continue
                     counts[kind] = counts.get(kind, 0) + 1
                     logger.debug("fold-batchnorm: folded %s (%s) as %s", node.name, node.op, kind)
+                if self._dead:
+                    g.nodes = [n for n in g.nodes if id(n) not in self._dead]
         finally:
             del self._model, self._names, self._shapes, self._outputs
         folded = sum(counts.values())
@@ -117,7 +120,7 @@ class FoldBatchNorm(Pass):
     def _const(self, t: gs.Tensor | None, what: str) -> np.ndarray:
         if t is None or not self._model.is_constant(t):
             raise _Refuse(f"{what} is not a constant")
-        return np.asarray(t.values)
+        return constant_array(t)
 
     def _new_const(self, base: str, value: np.ndarray) -> gs.Constant:
         if self._names is None:
@@ -145,13 +148,13 @@ class FoldBatchNorm(Pass):
         tt = self._shapes.get(t.name)
         return None if tt is None or tt.shape is None else len(tt.shape)
 
-    @staticmethod
-    def _unlink(g: gs.Graph, follower: gs.Node, prod: gs.Node) -> None:
-        """Make ``prod`` write ``follower``'s output 0 and drop ``follower``."""
+    def _unlink(self, g: gs.Graph, follower: gs.Node, prod: gs.Node) -> None:
+        """Make ``prod`` write ``follower``'s output 0 and drop ``follower`` (from
+        ``g.nodes`` at the end of the graph's loop)."""
         out = follower.outputs[0]
         follower.inputs.clear()
         follower.outputs.clear()
-        g.nodes.remove(follower)
+        self._dead.add(id(follower))
         prod.outputs[0] = out
 
     # ------------------------------------------------------------ matchers
@@ -206,7 +209,7 @@ class FoldBatchNorm(Pass):
         side = next((i for i in (1, 0) if self._model.is_constant(node.inputs[i])), None)
         if side is None:
             raise _Refuse("no constant operand")
-        value = np.asarray(node.inputs[side].values)
+        value = constant_array(node.inputs[side])
         x = node.inputs[1 - side]
         if self._model.is_constant(x):
             raise _Refuse("both operands constant")
@@ -338,21 +341,24 @@ class FoldBatchNorm(Pass):
         n = scale.shape[0]
         w = self._matmul_weight(mm, n)
         self._sole_producer(g, x, add)
-        bias = np.asarray(add.inputs[side].values)
+        bias = constant_array(add.inputs[side])
         if bias.dtype != w.dtype:
             raise _Refuse("bias dtype differs from the weight dtype")
         if bias.ndim > 2 or np.broadcast_shapes(bias.shape, (1, n)) != (1, n):
             raise _Refuse(f"bias of shape {bias.shape} is not a row bias")
         bias64 = np.broadcast_to(bias.astype(np.float64).reshape(bias.shape[-1:] if bias.ndim else ()), (n,))
+        new_w = (w.astype(np.float64) * scale[None, :]).astype(w.dtype)
+        new_b = (bias64 * scale + shift).astype(w.dtype)
         w_t, b_t = mm.inputs[1], add.inputs[side]
-        mm.inputs[1] = self._new_const(f"{w_t.name}_folded", (w.astype(np.float64) * scale[None, :]).astype(w.dtype))
-        add.inputs[side] = self._new_const(f"{b_t.name}_folded", (bias64 * scale + shift).astype(w.dtype))
+        mm.inputs[1] = self._new_const(f"{w_t.name}_folded", new_w)
+        add.inputs[side] = self._new_const(f"{b_t.name}_folded", new_b)
         return "bn_matmul_add"
 
     def _fold_matmul(self, g: gs.Graph, mm: gs.Node, bn: gs.Node, scale: np.ndarray, shift: np.ndarray) -> None:
         w = self._matmul_weight(mm, scale.shape[0])
         w_t = mm.inputs[1]
-        mm.inputs[1] = self._new_const(f"{w_t.name}_folded", (w.astype(np.float64) * scale[None, :]).astype(w.dtype))
+        new_w = (w.astype(np.float64) * scale[None, :]).astype(w.dtype)
+        mm.inputs[1] = self._new_const(f"{w_t.name}_folded", new_w)
         bias = self._new_const(f"{w_t.name}_bias_folded", shift.astype(w.dtype))
         # The BN node becomes the bias Add: same output tensor, same position in the graph.
         x = bn.inputs[0]
@@ -361,6 +367,5 @@ class FoldBatchNorm(Pass):
         bn.attrs.clear()
         bn.domain = None
         bn.inputs.extend([x, bias])
-        extra = list(bn.outputs[1:])
-        for _ in extra:
+        while len(bn.outputs) > 1:  # unused running mean/var
             bn.outputs.pop()

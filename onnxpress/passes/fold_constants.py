@@ -198,7 +198,7 @@ class FoldConstants(Pass):
                 over.update(id(o) for o in node.outputs)
                 continue
             in_bytes = sum(
-                np.asarray(t.values).nbytes if isinstance(t, gs.Constant) else values[id(t)].nbytes
+                _nbytes(tuple(t.shape), t.dtype) or 0 if isinstance(t, gs.Constant) else values[id(t)].nbytes
                 for t in node.inputs
                 if t.name and (isinstance(t, gs.Constant) or id(t) in values)
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, iter_graphs
+from ..graph import Model, constant_array, iter_graphs
 from ._rewrite import all_graph_outputs, remove_nodes, replace_uses
 from .base import Context, Pass, PassResult, register
 
@@ -28,8 +28,8 @@ def constant_node_value(node: gs.Node) -> np.ndarray | None:
     """The value of a ``Constant`` node as an array, or None when not liftable."""
     attrs = node.attrs
     if "value" in attrs and isinstance(attrs["value"], gs.Constant):
-        arr = np.asarray(attrs["value"].values)
-        return None if arr.dtype.kind in "OUS" else arr
+        value = attrs["value"]
+        return None if value.dtype is None or np.dtype(value.dtype).kind in "OUS" else constant_array(value)
     if "value_float" in attrs:
         return np.array(attrs["value_float"], dtype=np.float32)
     if "value_floats" in attrs:
@@ -60,13 +60,16 @@ class LiftConstants(Pass):
                 out = node.outputs[0]
                 if id(out) in outputs:
                     continue
-                arr = constant_node_value(node)
-                if arr is None:
-                    continue
-                if "value" in node.attrs:
-                    const = node.attrs["value"]  # keeps lazy values: no copy of the data
+                value = node.attrs.get("value")
+                if isinstance(value, gs.Constant):
+                    if value.dtype is None or np.dtype(value.dtype).kind in "OUS":
+                        continue
+                    const = value  # keeps lazy values: no copy of the data
                     const.name = out.name
                 else:
+                    arr = constant_node_value(node)
+                    if arr is None:
+                        continue
                     const = gs.Constant(out.name, arr)
                 replace_uses(out, const)
                 done.append(node)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, iter_graphs
+from ..graph import Model, constant_array, iter_graphs
 from ._rewrite import replace_uses
 from .base import Context, Pass, PassResult, register
 
@@ -50,13 +50,13 @@ class MergeInitializers(Pass):
                     continue
                 by_hash: dict[bytes, gs.Constant] = {}
                 for t in consts:
-                    arr = np.ascontiguousarray(t.values)
+                    arr = np.ascontiguousarray(constant_array(t))
                     key = hashlib.blake2b(arr.tobytes(), digest_size=16).digest()
                     first = by_hash.get(key)
                     if first is None:
                         by_hash[key] = t
                         continue
-                    if not np.array_equal(np.asarray(first.values), arr, equal_nan=arr.dtype.kind in "fc"):
+                    if not np.array_equal(constant_array(first), arr, equal_nan=arr.dtype.kind in "fc"):
                         continue
                     # Readers in this graph (and its subgraphs) switch to ``first``.
                     replace_uses(t, first)

@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, TensorType, iter_graphs
+from ..graph import Model, TensorType, constant_array, iter_graphs
 from ._rewrite import ONNX_DOMAINS, all_graph_outputs, bypass_node, remove_nodes
 from .base import Context, Pass, PassResult, register
 
@@ -117,28 +117,31 @@ class RemoveNoops(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         self._model = model
         self._shapes = self.shapes(model)
+        self._outputs = all_graph_outputs(model)
         counts: dict[str, int] = {}
         self._counts = counts
-        for g in iter_graphs(model.graph):
-            self._local = {id(n) for n in g.nodes}
-            for node in list(g.nodes):
-                if not node.outputs or node.domain not in ONNX_DOMAINS:
-                    continue  # removed earlier in this loop, or a custom op
-                check = getattr(self, f"_check_{node.op}", None)
-                if check is None:
-                    continue
-                try:
-                    kind = check(g, node)
-                except _Ref:
-                    continue
-                if kind:
-                    counts[kind] = counts.get(kind, 0) + 1
-                    logger.debug("remove-noops: %s (%s) -> %s", node.name, node.op, kind)
+        try:
+            for g in iter_graphs(model.graph):
+                self._local = {id(n) for n in g.nodes}
+                for node in list(g.nodes):
+                    if not node.outputs or node.domain not in ONNX_DOMAINS:
+                        continue  # removed earlier in this loop, or a custom op
+                    check = getattr(self, f"_check_{node.op}", None)
+                    if check is None:
+                        continue
+                    try:
+                        kind = check(g, node)
+                    except _Ref:
+                        continue
+                    if kind:
+                        counts[kind] = counts.get(kind, 0) + 1
+                        logger.debug("remove-noops: %s (%s) -> %s", node.name, node.op, kind)
+        finally:
+            del self._model, self._shapes, self._local, self._counts, self._outputs
         removed = sum(counts.values())
         stats: dict[str, int | float] = {"nodes_removed": removed, **dict(sorted(counts.items()))}
         if removed:
             logger.info("remove-noops: removed %d nodes %s", removed, dict(sorted(counts.items())))
-        del self._model, self._shapes, self._local, self._counts
         return PassResult(modified=removed > 0, stats=stats)
 
     # ------------------------------------------------------------- helpers
@@ -150,10 +153,10 @@ class RemoveNoops(Pass):
     def _const(self, t: gs.Tensor | None) -> np.ndarray | None:
         if t is None or not self._model.is_constant(t):
             return None
-        return np.asarray(t.values)
+        return constant_array(t)
 
     def _bypass(self, g: gs.Graph, node: gs.Node, kind: str, index: int = 0) -> str | None:
-        return kind if bypass_node(self._model, g, node, index) else None
+        return kind if bypass_node(self._model, g, node, index, self._outputs) else None
 
     # ------------------------------------------------------------ per op
     def _check_Identity(self, g, node):
@@ -162,7 +165,7 @@ class RemoveNoops(Pass):
     def _check_Dropout(self, g, node):
         if len(node.outputs) > 1 and node.outputs[1].name:
             mask = node.outputs[1]
-            if mask.outputs or id(mask) in all_graph_outputs(self._model):
+            if mask.outputs or id(mask) in self._outputs:
                 return None
         if self._model.opset < 7 and not _attr(node, "is_test", 0):
             return None
@@ -195,8 +198,10 @@ class RemoveNoops(Pass):
     def _cast_round_trip(self, g, second: gs.Node, to: int) -> str | None:
         mid = second.inputs[0]
         first = mid.inputs[0] if mid.inputs else None
-        if first is None or first.op != "Cast" or first.domain not in ONNX_DOMAINS or id(first) not in self._local:
+        if first is None or first.op != "Cast" or first.domain not in ONNX_DOMAINS:
             return None
+        if id(first) not in self._local:
+            return None  # produced in an outer graph
         x = first.inputs[0]
         xt = self._type(x)
         a = _elem_type(xt.dtype) if xt is not None else None
@@ -204,10 +209,10 @@ class RemoveNoops(Pass):
         if a is None or a != to or b is None or not cast_is_exact(a, b):
             return None
         second.inputs[0] = x
-        if not bypass_node(self._model, g, second, 0):
+        if not bypass_node(self._model, g, second, 0, self._outputs):
             second.inputs[0] = mid  # undo: nothing changed
             return None
-        if not mid.outputs and id(mid) not in all_graph_outputs(self._model):
+        if not mid.outputs and id(mid) not in self._outputs:
             remove_nodes(g, [first])
             self._counts["cast_round_trip"] = self._counts.get("cast_round_trip", 0) + 1
         return "cast_round_trip"
@@ -334,7 +339,7 @@ class RemoveNoops(Pass):
                 dims = other.shape[len(other.shape) - value.ndim:]
                 if not all(c == 1 or (isinstance(d, int) and d == c) for c, d in zip(value.shape, dims)):
                     continue
-            if bypass_node(self._model, g, node, 1 - side):
+            if bypass_node(self._model, g, node, 1 - side, self._outputs):
                 return kind
             return None
         return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -315,3 +316,26 @@ def test_fold_inside_if_branch(rng):
     assert [n.op_type for n in branch.node] == ["Conv"]
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
     assert_equivalent(proto, out, [{"X": x, "C": np.array(True)}, {"X": x, "C": np.array(False)}], **TOL)
+
+
+def test_fold_inside_local_function_after_lifting(rng):
+    proto = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[1,2,3,3] X) => (float[1,2,3,3] Y) {
+            Y = local.f (X)
+        }
+        <domain: "local", opset_import: ["" : 17]>
+        f (x) => (y) {
+            w = Constant <value = float[2,2,1,1] {1,2,3,4}> ()
+            s = Constant <value = float[2] {1.5, -2}> ()
+            b = Constant <value = float[2] {0.5, -1}> ()
+            mu = Constant <value = float[2] {0.3, -0.2}> ()
+            v = Constant <value = float[2] {0.7, 1.5}> ()
+            c = Conv(x, w)
+            y = BatchNormalization <epsilon = 0.001> (c, s, b, mu, v)
+        }"""
+    )
+    out, records = apply(proto, "lift-constants", "fold-batchnorm")
+    assert records[1].stats["bn_conv"] == 1
+    assert [n.op_type for n in out.functions[0].node if n.op_type != "Constant"] == ["Conv"]
+    assert_equivalent(proto, out, feeds_for(rng, (1, 2, 3, 3)), **TOL)

@@ -318,7 +318,7 @@ def test_integer_mul_by_one(rng):
 
 def test_mul_by_ones_that_broadcasts_kept(rng):
     proto = parse(
-        """g (float[1,4] X) => (float[3,4] Y) <float[3,1] one = {1,1,1}, float[2,3,4] z = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0}> {
+        """g (float[1,4] X) => (float[3,4] Y) <float[3,1] one = {1,1,1}> {
             a = Mul(X, one)
             b = Relu(a)
             Y = Sub(b, one)
@@ -385,3 +385,26 @@ def test_identity_in_if_branch(x23):
     assert [n.op_type for n in branches["then_branch"].node] == ["Identity"]
     assert [n.op_type for n in branches["else_branch"].node] == ["Relu"]
     assert branches["else_branch"].node[0].output[0] == "e_out"
+
+
+def test_local_function_with_attribute_reference(x23):
+    proto = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[2,3] X) => (float[2,3] Y) {
+            Y = local.f <t = 1> (X)
+        }
+        <domain: "local", opset_import: ["" : 17]>
+        f <t> (x) => (y) {
+            a = Identity(x)
+            b = Cast <to: int = @t> (a)
+            c = Relu(b)
+            y = Identity(c)
+        }"""
+    )
+    out, records = apply(proto, "remove-noops")
+    assert records[0].stats == {"nodes_removed": 2, "identity": 2}
+    # both Identity nodes of the function go; the Cast (``to`` unknown inside) stays
+    assert [n.op_type for n in out.functions[0].node] == ["Cast", "Relu"]
+    assert_equivalent(proto, out, x23)
+    _, again, _ = run_once(out, "remove-noops")
+    assert again.modified is False
