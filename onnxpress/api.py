@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import onnx
 
 from .errors import UnknownPassError
-from .graph import Model, ModelLike, ModelStats, load, load_proto, model_stats, save_proto
+from .graph import Model, ModelLike, ModelStats, load, load_proto, model_stats, save
 from .passes import Context, PassManager, PassRecord, make_pass
 from .recipes import Recipe, load_recipe
 from .runtime_check import CheckReport, compare, random_feeds, validate_feeds
@@ -37,7 +37,8 @@ class OptimizeResult:
     """What :func:`optimize` returns.
 
     Attributes:
-        model: the optimized model (weights in memory).
+        model: the optimized model as a ``ModelProto`` (built on first access).
+        working: the optimized model in the working IR; :meth:`save` streams it.
         records: one :class:`~onnxpress.passes.PassRecord` per pass run.
         before, after: statistics of the original and the optimized model.
         report: the check report, when a check ran.
@@ -45,18 +46,25 @@ class OptimizeResult:
         recipe: the recipe that ran.
     """
 
-    model: onnx.ModelProto
+    working: Model
     records: list[PassRecord] = field(default_factory=list)
     before: ModelStats | None = None
     after: ModelStats | None = None
     report: CheckReport | None = None
     seconds: float = 0.0
     recipe: Recipe | None = None
+    _proto: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        if self._proto is None:
+            self._proto = self.working.to_proto()
+        return self._proto
 
     def save(self, path: str | os.PathLike, external_data: bool | None = None) -> Path:
-        """Write the optimized model atomically (external data above 2 GB or when
-        ``external_data`` is True). Returns the path."""
-        return save_proto(self.model, path, external_data=external_data)
+        """Write the optimized model atomically, streaming its weights (external
+        data above 2 GB or when ``external_data`` is True). Returns the path."""
+        return save(self.working, path, external_data=external_data)
 
     def pass_totals(self) -> dict[str, dict[str, float]]:
         """Stats of each pass summed over iterations, plus its total seconds."""
@@ -128,12 +136,11 @@ def optimize(
     ).run(working, Context(calibration=calibration, teacher=original))
     seconds = time.perf_counter() - start
     after = model_stats(working)
-    result_proto = working.to_proto()
-    report = None
+    result = OptimizeResult(working, records, before, after, None, seconds, rec)
     if check:
         feeds = random_feeds(original, n=2) if check is True else list(check)
-        report = compare(original, result_proto, feeds, atol=rec.atol, rtol=rec.rtol)
-    return OptimizeResult(result_proto, records, before, after, report, seconds, rec)
+        result.report = compare(original, result.model, feeds, atol=rec.atol, rtol=rec.rtol)
+    return result
 
 
 def check(

@@ -94,7 +94,6 @@ def _split(s: str | None) -> list[str]:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from .api import optimize
     from .graph import load_proto
-    from .graph.io import save_proto
     from .runtime_check import compare, load_feeds, random_feeds, validate_feeds
 
     src = Path(args.model)
@@ -127,7 +126,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     write = report is None or report.passed or args.keep_failed
     out = Path(args.output)
     if write:
-        save_proto(result.model, out, external_data=True if args.external_data else None)
+        result.save(out, external_data=True if args.external_data else None)
         out_size = out.stat().st_size + (out.with_name(out.name + ".data").stat().st_size if args.external_data else 0)
     print(f"{'':<12}{'before':>14}{'after':>14}")
     print(f"{'nodes':<12}{b.nodes:>14,}{a.nodes:>14,}")

@@ -27,6 +27,90 @@ ModelLike = Union[str, os.PathLike, onnx.ModelProto, Model]
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: a serialized ModelProto must stay below this
 
 
+STREAM_THRESHOLD = 32 << 20  # bytes: larger files are parsed field by field
+
+_MODEL_GRAPH = 7  # ModelProto.graph
+_GRAPH_INITIALIZER = 5  # GraphProto.initializer
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(f, path: Path) -> tuple[int, bytes]:
+    raw = bytearray()
+    value = shift = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            raise ModelLoadError(f"{path}: not an ONNX model or truncated (ends inside a field header)")
+        raw += b
+        value |= (b[0] & 0x7F) << shift
+        shift += 7
+        if not b[0] & 0x80:
+            return value, bytes(raw)
+        if shift > 63:
+            raise ModelLoadError(f"{path}: not an ONNX model (malformed varint)")
+
+
+def _read_exact(f, n: int, path: Path) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ModelLoadError(f"{path}: truncated (a field needs {n} bytes, {len(data)} remain)")
+    return data
+
+
+def _stream_parse(path: Path) -> onnx.ModelProto:
+    """Parse a ``.onnx`` file field by field, so the file's bytes and the parsed
+    model are never both in memory: peak memory is the model plus its largest
+    initializer, not twice the model (protobuf wire format: every field is a
+    key varint then, for length-delimited fields, a length varint and payload)."""
+    proto = onnx.ModelProto()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        while f.tell() < size:
+            key, key_raw = _read_varint(f, path)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                _, raw = _read_varint(f, path)
+                proto.MergeFromString(key_raw + raw)
+            elif wire == 1 or wire == 5:
+                proto.MergeFromString(key_raw + _read_exact(f, 8 if wire == 1 else 4, path))
+            elif wire == 2:
+                length, len_raw = _read_varint(f, path)
+                if f.tell() + length > size:
+                    raise ModelLoadError(f"{path}: truncated (field {field} runs past the end of the file)")
+                if field != _MODEL_GRAPH:
+                    proto.MergeFromString(key_raw + len_raw + _read_exact(f, length, path))
+                    continue
+                end = f.tell() + length
+                graph = proto.graph
+                while f.tell() < end:
+                    gkey, gkey_raw = _read_varint(f, path)
+                    if gkey & 7 != 2:
+                        raise ModelLoadError(f"{path}: not an ONNX model (unexpected field in graph)")
+                    glen, glen_raw = _read_varint(f, path)
+                    if f.tell() + glen > end:
+                        raise ModelLoadError(f"{path}: truncated (graph field runs past its end)")
+                    payload = _read_exact(f, glen, path)
+                    if gkey >> 3 == _GRAPH_INITIALIZER:
+                        graph.initializer.add().ParseFromString(payload)
+                    else:
+                        graph.MergeFromString(gkey_raw + glen_raw + payload)
+                    del payload
+            else:
+                raise ModelLoadError(f"{path}: not an ONNX model (wire type {wire} at top level)")
+    return proto
+
+
 def load_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Read a ``ModelProto`` from a path (with its external data) or pass one through.
 
@@ -46,15 +130,15 @@ def load_proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     path = Path(source)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
-    data = path.read_bytes()
-    if not data:
+    if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: file is empty, not an ONNX model")
-    proto = onnx.ModelProto()
     try:
-        proto.ParseFromString(data)
+        if path.stat().st_size > STREAM_THRESHOLD:
+            proto = _stream_parse(path)
+        else:
+            proto = onnx.ModelProto.FromString(path.read_bytes())
     except DecodeError as exc:
         raise ModelLoadError(f"{path}: not an ONNX model or truncated ({exc})") from None
-    del data
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph or no opset_import)")
     if not proto.graph.node and not proto.graph.output:
@@ -176,7 +260,103 @@ def save_proto(
     return path
 
 
-def save(model: Model | onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
-    """Export (if needed) and save a model atomically; see :func:`save_proto`."""
-    proto = model.to_proto() if isinstance(model, Model) else model
-    return save_proto(proto, path, external_data=external_data)
+def _tensor_bytes(t: onnx.TensorProto) -> bytes:
+    if t.HasField("raw_data"):
+        return t.raw_data
+    arr = onnx.numpy_helper.to_array(t)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _external_shell(t: onnx.TensorProto, location: str, offset: int, length: int) -> onnx.TensorProto:
+    shell = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, doc_string=t.doc_string)
+    shell.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        shell.external_data.add(key=key, value=value)
+    return shell
+
+
+def _write_streamed(f, proto: onnx.ModelProto, initializers: list[onnx.TensorProto]) -> None:
+    """Write ``proto`` with ``initializers`` appended to its main graph, serializing
+    one initializer at a time (protobuf fields may come in any order, and a
+    repeated field is the concatenation of its elements). Consumes ``proto``:
+    its graph is cleared."""
+    graph_bytes = proto.graph.SerializeToString()
+    proto.ClearField("graph")
+    f.write(proto.SerializeToString())
+    sizes = [t.ByteSize() for t in initializers]
+    total = len(graph_bytes) + sum(1 + len(_varint(n)) + n for n in sizes)
+    f.write(_varint((_MODEL_GRAPH << 3) | 2) + _varint(total))
+    f.write(graph_bytes)
+    del graph_bytes
+    key = _varint((_GRAPH_INITIALIZER << 3) | 2)
+    for t, n in zip(initializers, sizes):
+        f.write(key + _varint(n))
+        f.write(t.SerializeToString())
+
+
+def save(
+    model: Model | onnx.ModelProto,
+    path: str | os.PathLike,
+    external_data: bool | None = None,
+    size_threshold: int = 1024,
+) -> Path:
+    """Save a model atomically, streaming the weights.
+
+    A :class:`Model` is exported without copying its weights: the main graph's
+    initializers are serialized one at a time into the file (or into
+    ``<name>.data`` with external data), so peak memory stays near one copy of
+    the weights. A ``ModelProto`` is written by :func:`save_proto`.
+
+    Args:
+        model: the model.
+        path: destination ``.onnx`` path; its folder must exist.
+        external_data: True stores tensors of at least ``size_threshold`` bytes in
+            ``<name>.data`` beside the model; None decides by size (over 2 GB).
+
+    Returns:
+        The written path.
+
+    Raises:
+        OSError: the folder is not writable; nothing is left behind.
+    """
+    if isinstance(model, onnx.ModelProto):
+        return save_proto(model, path, external_data=external_data, size_threshold=size_threshold)
+    proto, inits = model.export()
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if external_data is None:
+        external_data = sum(t.ByteSize() for t in inits) + proto.ByteSize() > PROTOBUF_LIMIT - (64 << 20)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+    try:
+        tmp_model = tmpdir / path.name
+        location = path.name + ".data"
+        if external_data:
+            shells = []
+            with open(tmpdir / location, "wb") as data:
+                for t in inits:
+                    if t.ByteSize() < size_threshold or t.data_type == onnx.TensorProto.STRING:
+                        shells.append(t)
+                        continue
+                    blob = _tensor_bytes(t)
+                    offset = data.tell()
+                    pad = (-offset) % 4096  # page-aligned, as onnx does, so runtimes can mmap
+                    data.write(b"\0" * pad)
+                    data.write(blob)
+                    shells.append(_external_shell(t, location, offset + pad, len(blob)))
+                    del blob
+                data.flush()
+                os.fsync(data.fileno())
+            inits = shells
+        with open(tmp_model, "wb") as f:
+            _write_streamed(f, proto, inits)
+            f.flush()
+            os.fsync(f.fileno())
+        if external_data:
+            os.replace(tmpdir / location, folder / location)
+        os.replace(tmp_model, path)
+    finally:
+        for leftover in tmpdir.iterdir():
+            leftover.unlink()
+        tmpdir.rmdir()
+    logger.info("saved %s (%d bytes%s)", path, path.stat().st_size, ", external data" if external_data else "")
+    return path

@@ -108,3 +108,73 @@ def test_initializer_inputs_keep_signature_and_order():
     out = model.to_proto()
     assert [i.name for i in out.graph.input] == ["a", "w", "b"]
     assert sorted(t.name for t in out.graph.initializer) == ["unused", "w"]
+
+
+FUNC_MODEL = '''
+<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[N,4] x, bool c) => (float[N,4] y) <float[4] w = {1.,2.,3.,4.}> {
+  h = local.ScaleAdd(x, w)
+  y = If(c) <then_branch = t () => (float[N,4] o) { o = Relu(h) }, else_branch = e () => (float[N,4] o2) { o2 = Neg(h) }>
+}
+<domain: "local", opset_import: ["" : 17]>
+ScaleAdd (a, b) => (r) {
+  m = Mul(a, b)
+  r = Add(m, b)
+}'''
+
+
+def _func_model() -> onnx.ModelProto:
+    m = onnx.parser.parse_model(FUNC_MODEL)
+    vi = m.graph.value_info.add()
+    vi.CopyFrom(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, ["N", 4]))
+    m.metadata_props.add(key="k", value="v")
+    return m
+
+
+def test_functions_value_info_and_subgraphs_survive(rng):
+    m = _func_model()
+    out = load(m).to_proto()
+    assert [f.name for f in out.functions] == ["ScaleAdd"]
+    assert [v.name for v in out.graph.value_info] == ["h"]
+    onnx.checker.check_model(out, full_check=True)
+    for c in (True, False):
+        feeds = {"x": rng.standard_normal((3, 4)).astype(np.float32), "c": np.array(c)}
+        np.testing.assert_array_equal(run_ort(out, feeds)[0], run_ort(m, feeds)[0])
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_streamed_save_and_load_equal_plain(rng, tmp_path, monkeypatch, external):
+    import onnxpress.graph.io as gio
+
+    m = _model(rng)
+    path = tmp_path / "m.onnx"
+    save(load(m), path, external_data=external)  # streams the initializers
+    plain = onnx.load(str(path))
+    monkeypatch.setattr(gio, "STREAM_THRESHOLD", 0)  # parse field by field
+    streamed = load_proto(path)
+    if not external:
+        assert streamed.SerializeToString() == plain.SerializeToString()
+    x = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(run_ort(streamed, x)[0], run_ort(m, x)[0])
+    assert {p.key for p in streamed.metadata_props} == {"character"}
+    if external:
+        assert streamed.graph.initializer[0].data_location == onnx.TensorProto.DEFAULT  # loaded
+        assert (tmp_path / "m.onnx.data").stat().st_size >= 64 * 64 * 4
+
+
+def test_streamed_load_detects_truncation(rng, tmp_path, monkeypatch):
+    import onnxpress.graph.io as gio
+
+    monkeypatch.setattr(gio, "STREAM_THRESHOLD", 0)
+    m = _func_model()
+    path = tmp_path / "f.onnx"
+    save(load(m), path)
+    data = path.read_bytes()
+    assert load_proto(path).functions[0].name == "ScaleAdd"
+    for cut in (len(data) // 3, len(data) - 5):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ModelLoadError, match="truncated|not an ONNX"):
+            load_proto(path)
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(ModelLoadError):
+        load_proto(path)
