@@ -1,0 +1,90 @@
+"""Pass framework: registry, options, fixed point, iteration cap, strict mode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+from onnxpress.errors import PassError, UnknownPassError
+from onnxpress.graph import load
+from onnxpress.passes import Context, Pass, PassManager, PassResult, get_pass, make_pass, registered_passes
+
+LOSSLESS = [
+    "lift-constants",
+    "fold-constants",
+    "remove-noops",
+    "fold-batchnorm",
+    "eliminate-dead-code",
+    "merge-initializers",
+    "remove-unused-initializers",
+]
+
+
+def _model():
+    return load(onnx.parser.parse_model('''
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[4] x) => (float[4] y) { a = Identity(x)  b = Identity(a)  y = Relu(b) }'''))
+
+
+def test_registry_lists_every_lossless_pass():
+    names = registered_passes()
+    for name in LOSSLESS:
+        assert name in names and names[name].lossless and names[name].summary
+    with pytest.raises(UnknownPassError, match="valid passes: .*fold-constants"):
+        get_pass("fold-everything")
+    with pytest.raises(UnknownPassError, match="no option 'cap'.*max_output_bytes"):
+        make_pass("fold-constants", cap=3)
+
+
+def test_manager_reaches_fixed_point_and_records_timing():
+    model = _model()
+    records = PassManager([make_pass("remove-noops")]).run(model, Context())
+    assert [r.modified for r in records] == [True, False]
+    assert records[0].stats["nodes_removed"] == 2 and records[0].seconds >= 0
+    assert [n.op for n in model.graph.nodes] == ["Relu"]
+
+
+@dataclass
+class _AlwaysModifies(Pass):
+    name = "test-always-modifies"
+
+    def run(self, model, ctx):
+        return PassResult(True, {"n": 1})
+
+
+@dataclass
+class _Breaks(Pass):
+    name = "test-breaks-model"
+
+    def run(self, model, ctx):
+        node = model.graph.nodes[-1]
+        node.op = "NoSuchOp"
+        return PassResult(True, {})
+
+
+@dataclass
+class _Raises(Pass):
+    name = "test-raises"
+
+    def run(self, model, ctx):
+        raise ValueError("boom")
+
+
+def test_iteration_cap(caplog):
+    records = PassManager([_AlwaysModifies()], max_iterations=3).run(_model())
+    assert len(records) == 3
+    assert "iteration cap" in caplog.text
+
+
+def test_strict_mode_names_the_pass_that_broke_the_model():
+    with pytest.raises(PassError, match="test-breaks-model.*onnx.checker"):
+        PassManager([_Breaks()], strict=True).run(_model())
+    # Without strict mode the broken model is not detected by the manager.
+    PassManager([_Breaks()], strict=False, fixed_point=False).run(_model())
+
+
+def test_exceptions_become_pass_errors():
+    with pytest.raises(PassError, match="pass 'test-raises': ValueError: boom"):
+        PassManager([_Raises()]).run(_model())

@@ -1,0 +1,64 @@
+"""Python API: optimize/check/inspect take and return ModelProto or paths."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxpress
+import onnxpress.graph.io as gio
+from onnxpress.demo import load_demo
+from onnxpress.errors import UnknownPassError
+
+
+def test_optimize_proto_in_proto_out(tmp_path):
+    model, x, y = load_demo()
+    before = model.SerializeToString()
+    result = onnxpress.optimize(model, recipe="lossless", check=[{"input": x[:32]}])
+    assert isinstance(result.model, onnx.ModelProto)
+    assert result.report.passed
+    assert (result.before.nodes, result.after.nodes) == (7, 3)
+    assert result.pass_totals()["remove-noops"]["nodes_removed"] == 3
+    assert onnx.ModelProto.FromString(before).graph.node[0].op_type == "Flatten"
+    assert len(model.graph.node) == 7  # the caller's model is left as it was
+    path = result.save(tmp_path / "m.onnx")
+    assert onnxpress.check(model, path, data=[{"input": x[:5]}]).passed
+    assert onnxpress.inspect(path).op_types == {"Gemm": 2, "Relu": 1}
+
+
+def test_passes_skip_and_overrides():
+    model, _, _ = load_demo()
+    only = onnxpress.optimize(model, passes=["remove-noops"], skip=["remove-noops"])
+    assert only.after.nodes == 7 and only.records == []
+    r = onnxpress.optimize(model, passes=["lift-constants", "fold-constants"], fold_constants={"max_output_bytes": 10})
+    assert r.after.nodes == 6
+    with pytest.raises(UnknownPassError, match="not in the pipeline"):
+        onnxpress.optimize(model, passes=["lift-constants"], fold_constants={"max_output_bytes": 10})
+    with pytest.raises(UnknownPassError, match="unknown recipe"):
+        onnxpress.optimize(model, recipe="no-such-recipe")
+
+
+def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
+    model, x, _ = load_demo()
+    # As if the weights were over the 2 GB protobuf limit (the margin is 64 MiB).
+    monkeypatch.setattr(gio, "PROTOBUF_LIMIT", (64 << 20) + 1000)
+    result = onnxpress.optimize(model)
+    path = result.save(tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").exists()
+    assert path.stat().st_size < 10_000
+    # An external-data model is read back relative to its folder and optimizes again.
+    again = onnxpress.optimize(str(path), check=[{"input": x[:4]}])
+    assert again.report.passed
+
+
+def test_user_recipe_file(tmp_path):
+    model, _, _ = load_demo()
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('name = "mine"\n[[passes]]\nname = "remove-noops"\n')
+    assert onnxpress.optimize(model, recipe=recipe).after.nodes == 4
+    recipe.write_text('name = "mine"\n[[passes]]\nname = "remove-nops"\n')
+    with pytest.raises(UnknownPassError, match="unknown pass 'remove-nops'"):
+        onnxpress.optimize(model, recipe=recipe)
+    recipe.write_text('name = "mine"\nbogus = 1\n')
+    with pytest.raises(UnknownPassError, match="unknown key 'bogus'"):
+        onnxpress.optimize(model, recipe=recipe)
