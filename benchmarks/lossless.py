@@ -144,6 +144,9 @@ def _run_tool(tool: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
     dst = out_dir / "model.onnx"
     result_json = out_dir / "result.json"
     log = out_dir / "log.txt"
+    for stale in out_dir.iterdir():  # a kept folder from an earlier run
+        if stale.is_file():
+            stale.unlink()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, str(src), str(dst),
            str(result_json)]  # fmt: skip
     timed_out = threading.Event()

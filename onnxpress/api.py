@@ -75,6 +75,15 @@ class OptimizeResult:
             totals[r.name]["seconds"] += r.seconds
         return {k: dict(v) for k, v in totals.items()}
 
+    def pass_summary(self) -> str:
+        """One line per pass that changed something, e.g. ``  remove-noops: nodes_removed=3``."""
+        lines = []
+        for name, totals in self.pass_totals().items():
+            changed = {k: v for k, v in totals.items() if k != "seconds" and v}
+            if changed:
+                lines.append(f"  {name}: " + ", ".join(f"{k}={v:g}" for k, v in changed.items()))
+        return "\n".join(lines)
+
 
 def _resolve_recipe(recipe: str | os.PathLike | Recipe) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)

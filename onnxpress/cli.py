@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, help="relative tolerance of the check (default: the recipe's)")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="size of a symbolic dim for random inputs")
     p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data")
-    p.add_argument("--keep-failed", action="store_true", help="write the output even when the check fails")
     p.add_argument("--strict", action="store_true", help="validate the model after every pass")
     p.add_argument("--json", dest="json_out", help="write the pass stats and check report as JSON here")
 
@@ -123,21 +122,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         )
     b, a = result.before, result.after
     in_size = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(src.name + ".data"))
-    write = report is None or report.passed or args.keep_failed
     out = Path(args.output)
-    if write:
-        result.save(out, external_data=True if args.external_data else None)
-        out_size = out.stat().st_size + (out.with_name(out.name + ".data").stat().st_size if args.external_data else 0)
+    result.save(out, external_data=True if args.external_data else None)
+    out_size = out.stat().st_size + (out.with_name(out.name + ".data").stat().st_size if args.external_data else 0)
     print(f"{'':<12}{'before':>14}{'after':>14}")
     print(f"{'nodes':<12}{b.nodes:>14,}{a.nodes:>14,}")
     print(f"{'params':<12}{b.params:>14,}{a.params:>14,}")
     print(f"{'MACs':<12}{b.macs:>14,}{a.macs:>14,}")
-    print(f"{'file size':<12}{_human(in_size):>14}{(_human(out_size) if write else '-'):>14}")
+    print(f"{'file size':<12}{_human(in_size):>14}{_human(out_size):>14}")
     print(f"time: {wall:.2f} s ({result.recipe.name if result.recipe else 'passes'})")
-    for name, totals in result.pass_totals().items():
-        changed = {k: int(v) for k, v in totals.items() if k != "seconds" and v}
-        if changed:
-            print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    print(result.pass_summary())
     if report is not None:
         print(report.to_table())
     if args.json_out:
@@ -152,11 +146,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    if write:
-        print(f"wrote {out}")
-    else:
-        print(f"check failed: {out} not written (use --keep-failed to write it anyway)", file=sys.stderr)
-    return 0 if report is None or report.passed else 1
+    print(f"wrote {out}")
+    if report is not None and not report.passed:
+        print(f"onnxpress: check failed (tolerances missed); the optimized model was written to {out} anyway",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -239,27 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except InputError as exc:
+    except (InputError, CheckError, OnnxpressError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"onnxpress: error: {exc}", file=sys.stderr)
-        return 2
-    except CheckError as exc:
-        if args.verbose:
-            raise
-        print(f"onnxpress: check could not run: {exc}", file=sys.stderr)
-        return 1
-    except OnnxpressError as exc:
-        if args.verbose:
-            raise
-        print(f"onnxpress: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if args.verbose:
-            raise
-        print(f"onnxpress: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-
+        if isinstance(exc, OSError):
+            print(f"onnxpress: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        prefix = "check could not run" if isinstance(exc, CheckError) else "error"
+        print(f"onnxpress: {prefix}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, InputError) else 1
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -70,10 +70,7 @@ def run_demo(output: str | None = None) -> int:
     print(f"{'file size (bytes)':<22}{size0:>12,}{size1:>12,}")
     print(f"{'latency, 1 digit (us)':<22}{lat0:>12.1f}{lat1:>12.1f}")
     print(f"{'test accuracy':<22}{acc0:>12.4f}{acc1:>12.4f}")
-    for name, totals in result.pass_totals().items():
-        changed = {k: int(v) for k, v in totals.items() if k != "seconds" and v}
-        if changed:
-            print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    print(result.pass_summary())
     print(result.report.to_table())
     if output:
         result.save(output)

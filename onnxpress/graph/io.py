@@ -7,6 +7,7 @@ renames them into place, so a failure never leaves a partial model; models over
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -155,7 +156,6 @@ def _external_tensors(proto: onnx.ModelProto):
 
 def _load_external_data(proto: onnx.ModelProto, base_dir: Path, model_path: Path) -> None:
     from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
-    from onnx.external_data_helper import set_external_data  # noqa: F401  (API presence)
 
     for tensor in _external_tensors(proto):
         info = ExternalDataInfo(tensor)
@@ -196,10 +196,39 @@ def load(source: ModelLike) -> Model:
     return Model.from_proto(load_proto(source))
 
 
-def _weight_bytes(proto: onnx.ModelProto) -> int:
-    from onnx.external_data_helper import _get_all_tensors
+@contextlib.contextmanager
+def _staging(path: Path):
+    """A temporary folder beside ``path`` for files renamed into place on
+    success; whatever is left in it (a failed write) is removed."""
+    folder = path.parent if str(path.parent) else Path(".")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+    try:
+        yield folder, tmpdir
+    finally:
+        for leftover in tmpdir.iterdir():
+            leftover.unlink()
+        tmpdir.rmdir()
 
-    return sum(len(t.raw_data) for t in _get_all_tensors(proto) if t.HasField("raw_data"))
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _split(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of ``proto`` without its main-graph initializers, and those
+    initializers (the original objects, not copies)."""
+    shell = onnx.ModelProto()
+    _copy_fields(proto, shell, skip="graph")
+    _copy_fields(proto.graph, shell.graph, skip="initializer")
+    return shell, list(proto.graph.initializer)
 
 
 def save_proto(
@@ -208,56 +237,8 @@ def save_proto(
     external_data: bool | None = None,
     size_threshold: int = 1024,
 ) -> Path:
-    """Write ``proto`` to ``path`` atomically.
-
-    Args:
-        proto: the model. It is modified in place when saved with external data
-            (its tensors then point at the data file).
-        path: destination ``.onnx`` path; its folder must exist.
-        external_data: True to store tensors of at least ``size_threshold`` bytes in
-            ``<name>.data`` beside the model; None (default) decides by size: external
-            data when the weights exceed the 2 GB protobuf limit.
-        size_threshold: bytes; smaller tensors stay inline.
-
-    Returns:
-        The written path.
-
-    Raises:
-        OSError: the folder is not writable; nothing is left behind.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if external_data is None:
-        external_data = _weight_bytes(proto) > PROTOBUF_LIMIT - (64 << 20)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
-    try:
-        tmp_model = tmpdir / path.name
-        if external_data:
-            location = path.name + ".data"
-            onnx.save_model(
-                proto,
-                str(tmp_model),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=location,
-                size_threshold=size_threshold,
-                convert_attribute=True,
-            )
-            data_file = tmpdir / location
-            if data_file.exists():
-                os.replace(data_file, folder / location)
-        else:
-            with open(tmp_model, "wb") as f:
-                f.write(proto.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp_model, path)
-    finally:
-        for leftover in tmpdir.iterdir():
-            leftover.unlink()
-        tmpdir.rmdir()
-    logger.info("saved %s (%d bytes%s)", path, path.stat().st_size, ", external data" if external_data else "")
-    return path
+    """Write a ``ModelProto`` atomically; see :func:`save`. ``proto`` is not modified."""
+    return _save_parts(*_split(proto), Path(path), external_data, size_threshold)
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> bytes:
@@ -302,16 +283,19 @@ def save(
 ) -> Path:
     """Save a model atomically, streaming the weights.
 
-    A :class:`Model` is exported without copying its weights: the main graph's
-    initializers are serialized one at a time into the file (or into
-    ``<name>.data`` with external data), so peak memory stays near one copy of
-    the weights. A ``ModelProto`` is written by :func:`save_proto`.
+    The main graph's initializers are serialized one at a time into the file (or
+    into ``<name>.data`` with external data), so peak memory stays near one copy
+    of the weights; a :class:`Model` is exported without copying its weights.
+    The files are written in a temporary folder beside ``path`` and renamed into
+    place, so a failure leaves any previous file intact and nothing partial.
 
     Args:
         model: the model.
         path: destination ``.onnx`` path; its folder must exist.
         external_data: True stores tensors of at least ``size_threshold`` bytes in
-            ``<name>.data`` beside the model; None decides by size (over 2 GB).
+            ``<name>.data`` beside the model; None (default) decides by size:
+            external data when the model exceeds the 2 GB protobuf limit.
+        size_threshold: bytes; smaller tensors stay inline.
 
     Returns:
         The written path.
@@ -319,15 +303,20 @@ def save(
     Raises:
         OSError: the folder is not writable; nothing is left behind.
     """
-    if isinstance(model, onnx.ModelProto):
-        return save_proto(model, path, external_data=external_data, size_threshold=size_threshold)
-    proto, inits = model.export()
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    parts = _split(model) if isinstance(model, onnx.ModelProto) else model.export()
+    return _save_parts(*parts, Path(path), external_data, size_threshold)
+
+
+def _save_parts(
+    proto: onnx.ModelProto,
+    inits: list[onnx.TensorProto],
+    path: Path,
+    external_data: bool | None,
+    size_threshold: int,
+) -> Path:
     if external_data is None:
         external_data = sum(t.ByteSize() for t in inits) + proto.ByteSize() > PROTOBUF_LIMIT - (64 << 20)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
-    try:
+    with _staging(path) as (folder, tmpdir):
         tmp_model = tmpdir / path.name
         location = path.name + ".data"
         if external_data:
@@ -354,9 +343,5 @@ def save(
         if external_data:
             os.replace(tmpdir / location, folder / location)
         os.replace(tmp_model, path)
-    finally:
-        for leftover in tmpdir.iterdir():
-            leftover.unlink()
-        tmpdir.rmdir()
     logger.info("saved %s (%d bytes%s)", path, path.stat().st_size, ", external data" if external_data else "")
     return path

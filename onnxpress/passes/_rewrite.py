@@ -16,12 +16,20 @@ __all__ = [
     "graph_output_names",
     "all_graph_outputs",
     "consumers",
+    "optional_input",
     "producer",
     "remove_nodes",
     "ONNX_DOMAINS",
 ]
 
 ONNX_DOMAINS = (None, "", "ai.onnx")
+
+
+def optional_input(node: gs.Node, i: int) -> gs.Tensor | None:
+    """Input ``i`` of ``node``, or None when absent or omitted (empty name)."""
+    if i < len(node.inputs) and node.inputs[i].name:
+        return node.inputs[i]
+    return None
 
 
 def consumers(tensor: gs.Tensor) -> list[gs.Node]:

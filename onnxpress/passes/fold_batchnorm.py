@@ -39,7 +39,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph import Model, constant_array, iter_graphs
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs
+from ._rewrite import ONNX_DOMAINS, all_graph_outputs, optional_input
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["FoldBatchNorm"]
@@ -57,11 +57,6 @@ def _attr(node: gs.Node, name: str, default: Any = None) -> Any:
         raise _Refuse(f"attribute {name!r} is a function attribute reference")
     return value
 
-
-def _present(node: gs.Node, i: int) -> gs.Tensor | None:
-    if i < len(node.inputs) and node.inputs[i].name:
-        return node.inputs[i]
-    return None
 
 
 @register
@@ -256,7 +251,7 @@ class FoldBatchNorm(Pass):
         w = self._const(w_t, "weight")
         if w.dtype.kind != "f":
             raise _Refuse("weight is not floating point")
-        b_t = _present(node, 2)
+        b_t = optional_input(node, 2)
         b = self._const(b_t, "bias") if b_t is not None else None
         group = int(_attr(node, "group", 1))
         channels = self._out_channels(node, w)
@@ -296,7 +291,7 @@ class FoldBatchNorm(Pass):
         n = w.shape[0] if trans_b else w.shape[1]
         if scale.shape != (n,):
             raise _Refuse(f"{scale.shape[0]} channels, Gemm has {n}")
-        c_t = _present(node, 2)
+        c_t = optional_input(node, 2)
         beta = float(_attr(node, "beta", 1.0))
         if c_t is not None:
             c = self._const(c_t, "C").astype(np.float64)

@@ -42,7 +42,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph import Model, TensorType, constant_array, iter_graphs
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs, bypass_node, remove_nodes
+from ._rewrite import ONNX_DOMAINS, all_graph_outputs, bypass_node, optional_input, remove_nodes
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["RemoveNoops", "cast_is_exact"]
@@ -97,12 +97,6 @@ def _elem_type(dtype) -> int | None:
     except Exception:  # unusual dtype objects: treat as unknown
         return None
 
-
-def _present(node: gs.Node, i: int) -> gs.Tensor | None:
-    """Input ``i`` of ``node``, or None when absent or omitted (empty name)."""
-    if i < len(node.inputs) and node.inputs[i].name:
-        return node.inputs[i]
-    return None
 
 
 @register
@@ -169,7 +163,7 @@ class RemoveNoops(Pass):
                 return None
         if self._model.opset < 7 and not _attr(node, "is_test", 0):
             return None
-        mode = _present(node, 2)
+        mode = optional_input(node, 2)
         if mode is not None:
             value = self._const(mode)
             if value is None or value.size != 1 or bool(value.reshape(-1)[0]):
@@ -218,7 +212,7 @@ class RemoveNoops(Pass):
         return "cast_round_trip"
 
     def _check_Reshape(self, g, node):
-        target = self._const(_present(node, 1))
+        target = self._const(optional_input(node, 1))
         src = self._type(node.inputs[0])
         if target is None or src is None or src.shape is None or target.ndim != 1:
             return None
@@ -276,7 +270,7 @@ class RemoveNoops(Pass):
             pads = _attr(node, "pads", _attr(node, "paddings"))
             pads = None if pads is None else np.asarray(pads)
         else:
-            pads = self._const(_present(node, 1))
+            pads = self._const(optional_input(node, 1))
         if pads is None or np.any(pads != 0):
             return None
         return self._bypass(g, node, "pad")
@@ -288,8 +282,8 @@ class RemoveNoops(Pass):
             if starts is None or ends is None:
                 return None
         else:
-            starts, ends = self._const(_present(node, 1)), self._const(_present(node, 2))
-            axes_t, steps_t = _present(node, 3), _present(node, 4)
+            starts, ends = self._const(optional_input(node, 1)), self._const(optional_input(node, 2))
+            axes_t, steps_t = optional_input(node, 3), optional_input(node, 4)
             axes, steps = self._const(axes_t), self._const(steps_t)
             if starts is None or ends is None or (axes_t is not None and axes is None):
                 return None
