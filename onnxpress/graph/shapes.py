@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from .model import Model
+from .model import Model, iter_graphs
 
 __all__ = ["TensorType", "infer_shapes", "skeleton_proto"]
 
@@ -114,41 +114,103 @@ def _dims(tt: onnx.TypeProto.Tensor) -> tuple | None:
     return tuple(out)
 
 
+def _run_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several types; a partial answer is fine
+        logger.debug("shape inference failed: %s", exc)
+        return proto
+
+
+def _better(old: TensorType | None, new: TensorType) -> bool:
+    if old is None:
+        return True
+    if old.dtype is None and new.dtype is not None:
+        return True
+    known = lambda t: -1 if t.shape is None else sum(isinstance(d, int) for d in t.shape) + 0.5 * len(t.shape)
+    return new.dtype is not None and known(new) > known(old)
+
+
+def _collect(g: onnx.GraphProto, result: dict[str, TensorType], recurse: bool) -> None:
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type"):
+            tt = vi.type.tensor_type
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
+            new = TensorType(dtype, _dims(tt))
+            if _better(result.get(vi.name), new):
+                result[vi.name] = new
+    for init in g.initializer:
+        result[init.name] = TensorType(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)), tuple(init.dims))
+    if recurse:
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    _collect(attr.g, result, recurse)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sg in attr.graphs:
+                        _collect(sg, result, recurse)
+
+
+def _standalone_subgraph(model: Model, graph: gs.Graph, known: dict[str, TensorType]) -> onnx.ModelProto:
+    """A model made of one subgraph, whose outer-scope reads become graph inputs
+    typed from ``known`` (onnx shape inference does not write the types it infers
+    inside If/Loop/Scan bodies back to the model)."""
+    gp = _skeleton_graph(graph, 4096, model.overridable)
+    declared = {vi.name for vi in gp.input} | {t.name for t in gp.initializer}
+    produced: set[str] = set()
+    read: dict[str, gs.Tensor] = {}
+    for g in _graphs_below(graph):
+        produced.update(t.name for t in g.inputs)
+        for node in g.nodes:
+            produced.update(t.name for t in node.outputs)
+            for t in node.inputs:
+                if t.name and not isinstance(t, gs.Constant):
+                    read.setdefault(t.name, t)
+    for name in read:
+        if name in produced or name in declared:
+            continue
+        tt = known.get(name)
+        if tt is not None and tt.dtype is not None:
+            elem = onnx.helper.np_dtype_to_tensor_dtype(tt.dtype)
+            shape = None if tt.shape is None else [d if d is not None else None for d in tt.shape]
+            gp.input.append(onnx.helper.make_tensor_value_info(name, elem, shape))
+        else:
+            gp.input.append(onnx.helper.make_empty_tensor_value_info(name))
+    proto = onnx.helper.make_model(
+        gp,
+        opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()],
+        functions=[OnnxExporter.export_function(f) for f in model.graph.functions],
+    )
+    proto.ir_version = max(model.ir_version, 4)
+    return proto
+
+
+def _graphs_below(graph: gs.Graph):
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.nodes:
+            for v in node.attrs.values():
+                if isinstance(v, gs.Graph):
+                    stack.append(v)
+
+
 def infer_shapes(model: Model) -> dict[str, TensorType]:
     """Infer the dtype and shape of every tensor of the main graph and subgraphs.
+
+    The main graph is inferred from its inputs; then each If/Loop/Scan body, parents
+    first, is inferred as a standalone graph whose outer-scope values are typed
+    from what was inferred around it.
 
     Returns:
         Map from tensor name to :class:`TensorType`; tensors whose type inference
         could not determine are absent. Inference errors are logged and yield a
         partial map, never an exception.
     """
-    proto = skeleton_proto(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as exc:  # onnx raises several types; a partial answer is fine
-        logger.debug("shape inference failed: %s", exc)
-        inferred = proto
     result: dict[str, TensorType] = {}
-
-    def visit(g: onnx.GraphProto) -> None:
-        for vi in list(g.input) + list(g.output) + list(g.value_info):
-            if vi.type.HasField("tensor_type"):
-                tt = vi.type.tensor_type
-                dtype = (
-                    np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
-                )
-                result[vi.name] = TensorType(dtype, _dims(tt))
-        for init in g.initializer:
-            result[init.name] = TensorType(
-                np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)), tuple(init.dims)
-            )
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sg in attr.graphs:
-                        visit(sg)
-
-    visit(inferred.graph)
+    _collect(_run_inference(skeleton_proto(model)).graph, result, recurse=True)
+    subgraphs = [g for g in iter_graphs(model.graph, functions=False)][1:]
+    for g in subgraphs:
+        _collect(_run_inference(_standalone_subgraph(model, g, result)).graph, result, recurse=False)
     return result

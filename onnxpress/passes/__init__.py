@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (importing registers the passes)
     eliminate_dead_code,
     fold_batchnorm,
     fold_constants,
+    inline_constant_if,
     lift_constants,
     merge_initializers,
     remove_noops,

@@ -32,7 +32,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from ..graph import Model, TensorType, iter_graphs
+from ..graph import Model, TensorType, constant_array, iter_graphs
 from ._rewrite import ONNX_DOMAINS, all_graph_outputs, remove_nodes, replace_uses
 from .base import Context, Pass, PassResult, register
 
@@ -83,24 +83,69 @@ def _has_subgraph(node: gs.Node) -> bool:
     )
 
 
-def _shape_value(node: gs.Node, shapes: dict[str, TensorType]) -> np.ndarray | None:
-    """Value of ``Shape``/``Size`` of a tensor whose requested dims are concrete."""
+def _shape_dims(node: gs.Node, shapes: dict[str, TensorType]) -> list | None:
+    """Dims (int, symbol or None) that a ``Shape`` node returns, honouring start/end."""
     tt = shapes.get(node.inputs[0].name)
     if tt is None or tt.shape is None:
         return None
     dims = list(tt.shape)
-    if node.op == "Size":
-        return np.array(np.prod(dims), dtype=np.int64) if all(isinstance(d, int) for d in dims) else None
     rank = len(dims)
     start = int(node.attrs.get("start", 0))
     end = node.attrs.get("end")
     start = max(0, min(rank, start + rank if start < 0 else start))
     end = rank if end is None else int(end)
     end = max(0, min(rank, end + rank if end < 0 else end))
-    sel = dims[start:end]
-    if not all(isinstance(d, int) for d in sel):
+    return dims[start:end]
+
+
+def _static(dims) -> np.ndarray | None:
+    return np.array(dims, dtype=np.int64) if all(isinstance(d, int) for d in dims) else None
+
+
+def _shape_value(node: gs.Node, shapes: dict[str, TensorType], model: Model) -> np.ndarray | None:
+    """Value of ``Shape``/``Size`` of a tensor whose requested dims are concrete, or
+    of ``Gather``/``Slice`` picking only concrete dims out of a ``Shape``
+    (``Shape(x)[0]`` with ``x: [2, N, 128]`` is 2 whatever N is)."""
+    if node.op == "Size":
+        tt = shapes.get(node.inputs[0].name)
+        if tt is None or tt.shape is None:
+            return None
+        dims = _static(tt.shape)
+        return None if dims is None else np.array(np.prod(dims), dtype=np.int64)
+    if node.op == "Shape":
+        dims = _shape_dims(node, shapes)
+        return None if dims is None else _static(dims)
+    src = node.inputs[0].inputs[0] if node.inputs and node.inputs[0].inputs else None
+    if src is None or src.op != "Shape" or src.domain not in ONNX_DOMAINS:
         return None
-    return np.array(sel, dtype=np.int64)
+    dims = _shape_dims(src, shapes)
+    rest = node.inputs[1:]
+    if dims is None or not all(t.name == "" or model.is_constant(t) for t in rest):
+        return None
+    args = [None if not t.name else constant_array(t) for t in rest]
+    picked = np.empty(len(dims), dtype=object)
+    picked[:] = dims
+    try:
+        if node.op == "Gather":
+            if int(node.attrs.get("axis", 0)) not in (0, -1):
+                return None
+            sel = np.take(picked, args[0].astype(np.int64), axis=0)
+        elif node.op == "Slice":
+            starts, ends = args[0], args[1]
+            axes = args[2] if len(args) > 2 and args[2] is not None else np.array([0])
+            steps = args[3] if len(args) > 3 and args[3] is not None else np.array([1])
+            if starts.size != 1 or int(axes.reshape(-1)[0]) not in (0, -1):
+                return None
+            start, end, step = (int(v.reshape(-1)[0]) for v in (starts, ends, steps))
+            sel = picked[slice(*slice(start, end, step).indices(len(dims)))]
+        else:
+            return None
+    except (IndexError, ValueError):
+        return None
+    flat = list(np.asarray(sel, dtype=object).reshape(-1))
+    if not all(isinstance(d, int) for d in flat):
+        return None
+    return np.array(flat, dtype=np.int64).reshape(np.shape(sel))
 
 
 @register
@@ -130,7 +175,7 @@ class FoldConstants(Pass):
             shape_folded += s
             skipped_large += big
         if folded:
-            logger.info("fold-constants: folded %d nodes (%d Shape/Size)", folded, shape_folded)
+            logger.info("fold-constants: folded %d nodes (%d from shapes)", folded, shape_folded)
         return PassResult(
             modified=folded > 0,
             stats={"nodes_folded": folded, "shape_nodes_folded": shape_folded, "skipped_over_cap": skipped_large},
@@ -140,7 +185,7 @@ class FoldConstants(Pass):
     def _fold_graph(self, model: Model, g: gs.Graph, shapes, graph_outputs) -> tuple[int, int, int]:
         const_ids: set[int] = set()  # outputs of nodes chosen for folding
         chosen: list[gs.Node] = []
-        direct: dict[int, np.ndarray] = {}  # Shape/Size values computed without ORT
+        direct: dict[int, np.ndarray] = {}  # values of shape queries computed without ORT
         skipped_large = 0
 
         def is_const(t: gs.Tensor) -> bool:
@@ -151,8 +196,12 @@ class FoldConstants(Pass):
                 continue
             if any(id(o) in graph_outputs for o in node.outputs):
                 continue
-            if node.op in ("Shape", "Size") and self.fold_shapes and not is_const(node.inputs[0]):
-                value = _shape_value(node, shapes)
+            if (
+                node.op in ("Shape", "Size", "Gather", "Slice")
+                and self.fold_shapes
+                and not is_const(node.inputs[0])
+            ):
+                value = _shape_value(node, shapes, model)
                 if value is None:
                     continue
                 direct[id(node)] = value

@@ -3,9 +3,10 @@
 Constants with the same dtype, shape and bytes are merged into one: every reader
 of a duplicate reads the first instead. Candidates are grouped by (dtype, shape)
 first and hashed only within groups of two or more, so unique weights are never
-hashed. Overridable initializers (graph inputs) are never merged. Duplicates in
-different subgraphs are merged only within one graph, so no subgraph starts to
-depend on a tensor it cannot see.
+hashed. Overridable initializers (graph inputs) are never merged. Duplicates are
+found across the main graph and all subgraphs (e.g. the same folded weight in
+both branches of an If); a constant read by several graphs is written once, in
+the main graph, where every subgraph sees it (see ``Model.export``).
 """
 from __future__ import annotations
 
@@ -37,31 +38,31 @@ class MergeInitializers(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         merged = 0
         freed = 0
-        for g in iter_graphs(model.graph):
-            groups: dict[tuple, list[gs.Constant]] = defaultdict(list)
-            seen: set[int] = set()
+        groups: dict[tuple, list[gs.Constant]] = defaultdict(list)
+        seen: set[int] = set()
+        for g in iter_graphs(model.graph, functions=False):
             for node in g.nodes:
                 for t in node.inputs:
                     if isinstance(t, gs.Constant) and id(t) not in seen and model.is_constant(t):
                         seen.add(id(t))
                         groups[(str(t.dtype), tuple(t.shape))].append(t)
-            for consts in groups.values():
-                if len(consts) < 2:
+        for consts in groups.values():
+            if len(consts) < 2:
+                continue
+            by_hash: dict[bytes, gs.Constant] = {}
+            for t in consts:
+                arr = np.ascontiguousarray(constant_array(t))
+                key = hashlib.blake2b(arr.tobytes(), digest_size=16).digest()
+                first = by_hash.get(key)
+                if first is None:
+                    by_hash[key] = t
                     continue
-                by_hash: dict[bytes, gs.Constant] = {}
-                for t in consts:
-                    arr = np.ascontiguousarray(constant_array(t))
-                    key = hashlib.blake2b(arr.tobytes(), digest_size=16).digest()
-                    first = by_hash.get(key)
-                    if first is None:
-                        by_hash[key] = t
-                        continue
-                    if not np.array_equal(constant_array(first), arr, equal_nan=arr.dtype.kind in "fc"):
-                        continue
-                    # Readers in this graph (and its subgraphs) switch to ``first``.
-                    replace_uses(t, first)
-                    merged += 1
-                    freed += arr.nbytes
+                if not np.array_equal(constant_array(first), arr, equal_nan=arr.dtype.kind in "fc"):
+                    continue
+                # Readers in every graph switch to ``first``.
+                replace_uses(t, first)
+                merged += 1
+                freed += arr.nbytes
         if merged:
             logger.info("merge-initializers: merged %d duplicates (%d bytes)", merged, freed)
         return PassResult(modified=merged > 0, stats={"initializers_merged": merged, "bytes_freed": freed})

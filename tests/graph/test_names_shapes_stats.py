@@ -1,6 +1,7 @@
 """graph: unique names, traversal, shape inference, statistics."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from onnxpress.graph import NameGenerator, infer_shapes, iter_graphs, load, model_stats
@@ -63,3 +64,16 @@ def test_stats_count_ops_params_and_macs():
     # Conv: out 4*8*8 elems * 3*3*3 ; Gemm: 10 * 64 (batch N counts as 1)
     assert stats.macs == 4 * 8 * 8 * 27 + 10 * 64
     assert stats.macs_unknown_nodes == 0
+
+
+def test_types_inside_subgraphs_are_inferred_from_the_outer_scope():
+    m = onnx.parser.parse_model('''
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, bool c) => (float[N,4] y) {
+      a = Relu(x)
+      y = If(c) <then_branch = t () => (float[N,4] o) { e = Equal(a, a)  n = Not(e)  f = Cast <to = 1> (n)  o = Mul(a, f) },
+                 else_branch = e2 () => (float[N,4] o2) { o2 = Neg(a) }>
+    }''')
+    shapes = infer_shapes(load(m))
+    assert shapes["n"].dtype == np.dtype(bool) and shapes["n"].shape == ("N", 4)
+    assert shapes["f"].dtype == np.dtype(np.float32)
