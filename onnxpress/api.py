@@ -106,7 +106,10 @@ def optimize(
             ``onnx.ModelProto``. A ModelProto is not modified.
         recipe: a built-in recipe name (``onnxpress recipes`` lists them) or a path to
             a ``.toml`` recipe.
-        calibration: feed dicts for passes that need data (unused by lossless passes).
+        calibration: calibration data for passes that need it (quantization, pruning):
+            anything :func:`onnxpress.calibration.open_calibration` accepts (an .npz
+            folder, an .npz with a sample axis, ``"module:function"``,
+            ``"random:N"``, a list of feed dicts). Unused by lossless passes.
         check: True to compare with the original on seeded random inputs, or an
             iterable of feed dicts to compare on; None/False skips the check.
         passes: run these passes (registered names) instead of the recipe's.
@@ -137,6 +140,11 @@ def optimize(
         make_pass(name)  # validate the name
     pass_list = [make_pass(name, **options[name]) for name, _ in plan if name not in set(skip)]
 
+    if calibration is not None:
+        from .calibration import CalibrationData, open_calibration
+
+        if not isinstance(calibration, CalibrationData):
+            calibration = open_calibration(calibration, original)
     before = model_stats(load(original))
     working = Model.from_proto(original)
     start = time.perf_counter()

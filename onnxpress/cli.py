@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help="comma-separated pass names to run instead of the recipe's")
     p.add_argument("--skip", default="", help="comma-separated pass names to leave out")
     p.add_argument("--data", help=".npz file or folder of .npz feeds for the check (default: random inputs)")
+    p.add_argument(
+        "--calib",
+        help="calibration data for recipes that need it: an .npz folder, an .npz with a sample axis, "
+        "module:function yielding feed dicts, or random[:N] (smoke tests only)",
+    )
+    p.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
     p.add_argument("--no-check", action="store_true", help="do not compare with the original")
     p.add_argument("--atol", type=float, help="absolute tolerance of the check (default: the recipe's)")
     p.add_argument("--rtol", type=float, help="relative tolerance of the check (default: the recipe's)")
@@ -101,10 +107,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if not args.no_check:
         feeds = load_feeds(args.data) if args.data else random_feeds(original, n=2, dim_sizes=_dims(args.dim))
         feeds = validate_feeds(original, feeds)
+    calibration = None
+    if args.calib:
+        from .calibration import open_calibration
+
+        calibration = open_calibration(args.calib, original, limit=args.calib_limit)
     start = time.perf_counter()
     result = optimize(
         original,
         recipe=args.recipe,
+        calibration=calibration,
         passes=_split(args.passes) or None,
         skip=_split(args.skip),
         strict=args.strict,

@@ -50,7 +50,7 @@ class _Where:
 
     kind: ``"main"``, ``"if-branch"`` or ``"loop-body"``.
     path: ``(node index, branch attribute name)`` per ``If`` level, from the main graph down.
-    source: ``"input"``, ``"initializer"`` or ``"node"``.
+    source: ``"input"``, ``"initializer"``, ``"sparse-initializer"`` or ``"node"``.
     blocker: for ``"loop-body"``, the node whose body holds the tensor.
     """
 
@@ -73,7 +73,7 @@ def _locate(graph: onnx.GraphProto, path: tuple = (), kind: str = "main", blocke
     for init in graph.initializer:
         add(init.name, _Where(kind, path, "initializer", blocker))
     for init in graph.sparse_initializer:
-        add(init.values.name, _Where(kind, path, "initializer", blocker))
+        add(init.values.name, _Where(kind, path, "sparse-initializer", blocker))
     for idx, node in enumerate(graph.node):
         for out in node.output:
             add(out, _Where(kind, path, "node", blocker))
@@ -103,9 +103,13 @@ def capturable_tensors(model: onnx.ModelProto) -> dict[str, str]:
         ``{name: "main" | "if-branch"}``: graph inputs, initializers and node
         outputs of the main graph, and the node outputs and initializers of
         ``If`` branches at any depth (not under a ``Loop``/``Scan``). Tensors
-        of ``Loop``/``Scan`` bodies are left out.
+        of ``Loop``/``Scan`` bodies and sparse initializers are left out.
     """
-    return {name: w.kind for name, w in _locate(model.graph).items() if w.kind != "loop-body"}
+    return {
+        name: w.kind
+        for name, w in _locate(model.graph).items()
+        if w.kind != "loop-body" and w.source != "sparse-initializer"
+    }
 
 
 # ------------------------------------------------------------------ element types
@@ -306,10 +310,13 @@ def capture(
             raise InputError(
                 f"cannot capture {t!r}: it is inside the body of {where.blocker}; Loop/Scan bodies are not capturable"
             )
+        if where.source == "sparse-initializer":
+            raise InputError(f"cannot capture {t!r}: sparse initializers are not capturable")
     result = _resolve_collectors(tensors, collectors)
+    if not tensors:
+        return result
 
-    inputs = {t for t in tensors if located[t].kind == "main" and located[t].source == "input"}
-    inits = [t for t in tensors if located[t].kind == "main" and located[t].source == "initializer"]
+    trivial = [t for t in tensors if located[t].kind == "main" and located[t].source in ("input", "initializer")]
     graph_outputs = {o.name for o in model.graph.output}
     in_main = [t for t in tensors if located[t].kind == "main" and located[t].source == "node"]
     in_branch = [t for t in tensors if located[t].kind == "if-branch"]
@@ -344,10 +351,9 @@ def capture(
         session = make_session(work, "disabled")
         del work
     feed_names = {i.name for i in model.graph.input}
-    init_values: dict[str, np.ndarray] = {}
-    for t in inits:
-        init = next(x for x in model.graph.initializer if x.name == t)
-        init_values[t] = numpy_helper.to_array(init)
+    # Initializer values (also the defaults of overridable inputs), converted once.
+    wanted = set(trivial)
+    init_values = {x.name: numpy_helper.to_array(x) for x in model.graph.initializer if x.name in wanted}
 
     validate = not isinstance(data, CalibrationData)
     total = data.count if isinstance(data, CalibrationData) else (len(data) if isinstance(data, Sized) else None)
@@ -368,11 +374,9 @@ def capture(
                 for t, arr in zip(ort_tensors, outs):
                     _update(result[t], arr)
                 del outs
-            for t in tensors:
-                if t in inputs:
-                    _update(result[t], feed[t])
-                elif t in init_values:
-                    _update(result[t], feed.get(t, init_values[t]))
+            for t in trivial:  # a feed value, else the initializer
+                value = feed.get(t)
+                _update(result[t], init_values[t] if value is None else value)
             samples += 1
             bar.update(1)
     logger.info(

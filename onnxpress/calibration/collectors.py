@@ -200,9 +200,14 @@ class Histogram:
     def percentile(self, p: float) -> float:
         """The ``p``-th percentile (0..100) of the values seen, from the counts.
 
-        Linear interpolation inside the bin where the cumulative count reaches
-        ``p / 100 * count``, clamped to the exact ``[min, max]``; the error
-        against the exact percentile is at most one bin width.
+        The rank convention is numpy's default (linear): the percentile sits at
+        rank ``r = p / 100 * (count - 1)`` of the sorted values. Each value is
+        taken to hold the unit of cumulative count centered on its rank, so the
+        result is found where the cumulative count reaches ``r + 0.5``, by
+        linear interpolation inside that bin, and clamped to the exact
+        ``[min, max]``. It lies within one bin width of the sorted values at
+        ranks ``floor(r)`` and ``ceil(r)``, so within one bin width of
+        ``numpy.percentile`` wherever the data are denser than the bins.
 
         Raises:
             ValueError: ``p`` outside [0, 100] or no data yet.
@@ -215,7 +220,7 @@ class Histogram:
             return self.min
         if p == 100.0:
             return self.max
-        target = p / 100.0 * self.count
+        target = p / 100.0 * (self.count - 1) + 0.5
         cum = np.cumsum(self.counts)
         i = int(np.searchsorted(cum, target, side="left"))
         i = min(i, self.bins - 1)

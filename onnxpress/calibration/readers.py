@@ -224,7 +224,8 @@ def _random_source(text: str, model: onnx.ModelProto, seed: int, limit: int | No
         for feed in random_feeds(model, n, seed):
             yield feed, ""
 
-    return CalibrationData(model, produce, count=n, description=f"{n} random samples (seed {seed}; smoke tests only)", limit=limit)
+    desc = f"{n} random samples (seed {seed}; smoke tests only)"
+    return CalibrationData(model, produce, count=n, description=desc, limit=limit)
 
 
 def _folder_source(path: Path, model: onnx.ModelProto, limit: int | None) -> CalibrationData:
@@ -236,7 +237,8 @@ def _folder_source(path: Path, model: onnx.ModelProto, limit: int | None) -> Cal
         for f in files:
             yield load_feeds(f)[0], f.name  # one file at a time, raises ModelLoadError naming it
 
-    return CalibrationData(model, produce, count=len(files), description=f"{len(files)} samples from {path}/ (npz folder)", limit=limit)
+    desc = f"{len(files)} samples from {path}/ (npz folder)"
+    return CalibrationData(model, produce, count=len(files), description=desc, limit=limit)
 
 
 def _stacked_source(path: Path, model: onnx.ModelProto, limit: int | None) -> CalibrationData:
@@ -249,11 +251,15 @@ def _stacked_source(path: Path, model: onnx.ModelProto, limit: int | None) -> Ca
     known = [k for k in arrays if k in ranks]
     if known and all(arrays[k].ndim == ranks[k] for k in known):  # one sample, no sample axis
         del arrays
-        return CalibrationData(model, lambda: [(load_feeds(path)[0], path.name)], count=1, description=f"1 sample from {path} (npz)", limit=limit)
+        return CalibrationData(
+            model, lambda: [(load_feeds(path)[0], path.name)], count=1, description=f"1 sample from {path} (npz)", limit=limit
+        )
     sizes = {}
     for k, a in arrays.items():
         if a.ndim == 0:
-            raise InputNameError(f"{path}: array {k!r} is a scalar; a stacked .npz needs a leading sample axis on every array")
+            raise InputNameError(
+                f"{path}: array {k!r} is a scalar; a stacked .npz needs a leading sample axis on every array"
+            )
         sizes[k] = a.shape[0]
     first = next(iter(sizes))
     for k, n in sizes.items():
@@ -290,12 +296,16 @@ def _import_function(spec: str) -> Callable:
             mod_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(mod_name, None)
-            raise ModelLoadError(f"calibration source {spec!r}: cannot import {where} ({type(exc).__name__}: {exc})") from exc
+            raise ModelLoadError(
+                f"calibration source {spec!r}: cannot import {where} ({type(exc).__name__}: {exc})"
+            ) from exc
     else:
         try:
             module = importlib.import_module(where)
         except Exception as exc:
-            raise ModelLoadError(f"calibration source {spec!r}: cannot import module {where!r} ({type(exc).__name__}: {exc})") from exc
+            raise ModelLoadError(
+                f"calibration source {spec!r}: cannot import module {where!r} ({type(exc).__name__}: {exc})"
+            ) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

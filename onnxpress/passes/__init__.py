@@ -15,6 +15,7 @@ from .base import (
     registered_passes,
 )
 from . import (  # noqa: F401  (importing registers the passes)
+    eliminate_common_subexpressions,
     eliminate_dead_code,
     fold_batchnorm,
     fold_constants,
@@ -23,7 +24,9 @@ from . import (  # noqa: F401  (importing registers the passes)
     merge_initializers,
     remove_noops,
     remove_unused_initializers,
+    simplify_reshape,
 )
+from .. import quant  # noqa: F401,E402  (registers convert-fp16, quantize-int4-weights)
 
 __all__ = [
     "Context",

@@ -66,8 +66,8 @@ __all__ = ["ConvertFp16", "DEFAULT_KEEP_FP32_OPS"]
 
 logger = logging.getLogger(__name__)
 
-F32 = np.dtype(np.float32)
-F16 = np.dtype(np.float16)
+F32 = "float32"  # dtypes are handled by name: gs mixes numpy types, dtypes and ONNX enums
+F16 = "float16"
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_TINY = 2.0**-24  # smallest positive subnormal; smaller magnitudes flush to zero
 
@@ -129,8 +129,8 @@ _FOLLOW = frozenset({"Cast", "Constant", "ConstantOfShape"})
 _FIXED, _CONVERT, _FOLLOWER, _NOFLOAT = "fixed", "convert", "follow", "nofloat"
 
 
-def _dtype(t: gs.Tensor, inferred: dict) -> Any:
-    """numpy dtype of ``t``; ``"other"`` for a type numpy lacks; None when unknown."""
+def _dtype(t: gs.Tensor, inferred: dict) -> str | None:
+    """numpy dtype name of ``t`` (``"other"`` for a type numpy lacks); None when unknown."""
     raw = t.dtype
     if raw is None and not isinstance(t, gs.Constant):
         tt = inferred.get(t.name)
@@ -138,13 +138,13 @@ def _dtype(t: gs.Tensor, inferred: dict) -> Any:
     if raw is None:
         return None
     try:
-        return np.dtype(raw)
+        return np.dtype(raw).name
     except TypeError:
         return "other"
 
 
-def _is_float(dt: Any) -> bool:
-    return dt is F32 or dt is F16 or dt == F32 or dt == F16
+def _is_float(dt: str | None) -> bool:
+    return dt in (F32, F16)
 
 
 class _Schema:
@@ -250,7 +250,6 @@ class ConvertFp16(Pass):
             for n in nodes
             if self._kind[id(n)] == _FIXED
             and any(self._orig.get(id(t)) == F32 for t in list(n.inputs) + list(n.outputs) if t.name)
-            and not (n.op == "Cast" and self._orig.get(id(n.outputs[0])) == F32 and n.inputs and self._orig.get(id(n.inputs[0])) == F16)
         )
         stats: dict[str, int | float] = {
             "nodes_converted": converted,
@@ -434,11 +433,11 @@ class ConvertFp16(Pass):
         return self._orig.get(id(t))
 
     def _new_cast(self, src: gs.Tensor, to: Any, base: str) -> tuple[gs.Node, gs.Variable]:
-        out = gs.Variable(self._names.new(base), dtype=to.type, shape=src.shape)
+        out = gs.Variable(self._names.new(base), dtype=np.dtype(to).type, shape=src.shape)
         node = gs.Node(
             op="Cast",
             name=self._names.new(f"{base}_cast"),
-            attrs={"to": onnx.helper.np_dtype_to_tensor_dtype(to)},
+            attrs={"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(to))},
             inputs=[src],
             outputs=[out],
         )
@@ -457,7 +456,7 @@ class ConvertFp16(Pass):
                     continue
                 if gi == 0 and t.inputs:  # main graph: keep the output's name
                     prod = t.inputs[0]
-                    inner = gs.Variable(self._names.new(f"{t.name}_fp16"), dtype=final.type, shape=t.shape)
+                    inner = gs.Variable(self._names.new(f"{t.name}_fp16"), dtype=np.dtype(final).type, shape=t.shape)
                     self._final[id(inner)] = self._orig[id(inner)] = final
                     for c in list(t.outputs):
                         for j, x in enumerate(c.inputs):
@@ -468,11 +467,11 @@ class ConvertFp16(Pass):
                     cast = gs.Node(
                         op="Cast",
                         name=self._names.new(f"{t.name}_to_fp32"),
-                        attrs={"to": onnx.helper.np_dtype_to_tensor_dtype(orig)},
+                        attrs={"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(orig))},
                         inputs=[inner],
                         outputs=[t],
                     )
-                    t.dtype = orig.type
+                    t.dtype = np.dtype(orig).type
                     self._final[id(t)] = orig
                     self._kind[id(cast)] = _FIXED
                     pos = next(j for j, x in enumerate(g.nodes) if x is prod)
@@ -502,9 +501,9 @@ class ConvertFp16(Pass):
                     if isinstance(t, gs.Constant) and self._model.is_constant(t):
                         const_uses.setdefault(id(t), []).append((n, i, need))
                         continue
-                    key = (id(t), need.str)
+                    key = (id(t), need)
                     if key not in made:
-                        cast, out = self._new_cast(t, need, f"{t.name}_{need.name}")
+                        cast, out = self._new_cast(t, need, f"{t.name}_{need}")
                         new_nodes.append(cast)
                         made[key] = out
                         casts += 1

@@ -11,8 +11,8 @@ Range methods (``lo <= 0 <= hi`` always holds for the result, so 0 is exact):
   last bin) with its quantization ``Q`` onto the available levels; keep the ``T``
   with the smallest ``KL(P || Q)``. The range is the observed one clipped to
   ``[-T, T]``.
-* ``mse``: search the clipping range (the observed range shrunk by a factor
-  ``a`` in ``(0, 1]``) minimizing the expected squared error of
+* ``mse``: search the clipping threshold ``T`` (a fraction of ``max|x|``; the
+  range is the observed one clipped to ``[-T, T]``) minimizing the expected squared error of
   quantize-dequantize over the histogram (rounding error inside the range,
   clipping error outside), each bin represented by its centre.
 
@@ -200,7 +200,7 @@ def mse_range(
     symmetric: bool = False,
     candidates: int = 100,
 ) -> tuple[float, float]:
-    """The shrunk range ``a * (lo, hi)`` with the least expected squared error of
+    """The observed range clipped to ``[-T, T]`` with the least expected squared error of
     quantize-dequantize over the histogram (see the module docstring)."""
     lo_obs, hi_obs = _with_zero(edges[0], edges[-1])
     c = np.asarray(counts, np.float64)
@@ -211,8 +211,9 @@ def mse_range(
     keep = c > 0
     x, c = x[keep], c[keep]
     best_err, best = np.inf, (lo_obs, hi_obs)
+    amax = max(-lo_obs, hi_obs)
     for a in np.linspace(1.0 / candidates, 1.0, candidates):
-        lo, hi = a * lo_obs, a * hi_obs
+        lo, hi = max(lo_obs, -a * amax), min(hi_obs, a * amax)
         qp = activation_qparams(lo, hi, qmin, qmax, symmetric)
         s, z = float(qp[0]), float(qp[1])
         q = np.clip(np.rint(x / s) + z, qmin, qmax)

@@ -1,0 +1,818 @@
+"""The static int8 QDQ quantizer: pass ``quantize-int8``.
+
+Calibrate activation ranges in one onnxruntime run, then insert
+``QuantizeLinear``/``DequantizeLinear`` (QDQ) so that onnxruntime fuses every group
+``DQ -> op -> Q`` into an integer kernel, and store the weights as int8.
+
+Placement rules (a node that is quantized is a *QNode*; it reads its activations
+through a DequantizeLinear and, unless said otherwise, its output goes through
+``Q -> DQ``):
+
+* ``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``: always (when their activation
+  input is a calibrated float tensor). Weights (constant inputs) become int8
+  initializers, symmetric, per output channel: Conv axis 0, ConvTranspose axis 1,
+  Gemm axis 1 (``transB=0``, B is ``[K, N]``) or 0 (``transB=1``), MatMul the last
+  axis of a 2-D weight (per tensor for N-D weights). Biases become int32 with
+  ``scale = input_scale * weight_scale`` and zero point 0; when ``|bias / scale|``
+  would exceed ``2**30`` (a channel of tiny weights, e.g. pruned to zero) the
+  weight scale of that channel is *raised* until the bias fits (the channel's
+  weights lose precision they do not have anyway). Gemm ``alpha``/``beta`` are
+  folded into B and C first; a ``[1, N]`` or scalar C becomes an int32 ``[N]``.
+  ``MatMul``/``Gemm`` whose output no QNode reads keep a float output (onnxruntime
+  runs them as ``MatMulIntegerToFloat``/``QGemm`` with float output, no output
+  rounding).
+* A ``Relu`` (or ``Clip`` with a constant lower bound >= 0) that is the only
+  reader of a QNode's output joins the group: the Q goes after it, and
+  onnxruntime removes it (the zero point is the type minimum).
+* ``Add``, ``Mul``: only when both operands are activations that are already
+  quantized (outputs of QNodes): the residual ``Add``. A binary op with a float
+  operand from a float op (normalization, GELU, HardSwish, SE gates) stays float.
+* ``Concat``: when every input is quantized; inputs and output share one scale
+  (the union of their ranges), so the concatenation is exact on int8.
+* ``MaxPool``, ``Resize``: input and output share the input's scale;
+  ``AveragePool``, ``GlobalAveragePool``: their own output scale.
+* ``Transpose``, ``Reshape``, ``Slice``, ``Gather`` (data), ``Squeeze``,
+  ``Unsqueeze``, ``Flatten``: pass-through; the output reuses the input's scale,
+  so onnxruntime drops the ``DQ -> op -> Q`` around them.
+* The optional QNodes (everything but Conv/ConvTranspose/Gemm/MatMul) are kept
+  only when a QNode reads their output; otherwise they would only add Q/DQ.
+* Everything else stays float: Softmax, LayerNormalization, the decomposed
+  normalization ops (ReduceMean, Pow, Sqrt, Div, Erf, ...), activations other than
+  Relu. This default keeps magika, PP-OCR rec and Silero accurate (PEERS.md).
+* ``LSTM`` with constant 3-D W and R: replaced by com.microsoft
+  ``DynamicQuantizeLSTM`` (int8 per-channel weights, transposed as the kernel
+  wants; activations quantized on the fly).
+* Nodes inside ``If``/``Loop``/``Scan`` bodies are quantized the same way with the
+  statistics captured inside the branch (Silero keeps its network there); a
+  branch the calibration data never reached stays float.
+* A weight read by several QNodes is quantized once per (axis, scales) and read
+  through one DequantizeLinear (onnxruntime duplicates shared DQs for fusion).
+  A weight also read by a float node keeps its fp32 copy for that reader only.
+
+Opset: per-channel QDQ (``axis``) needs opset >= 13; an older model is converted
+with ``onnx.version_converter`` first (and checked). int16 activations use the
+default domain at opset >= 21, else ``com.microsoft`` Q/DQ.
+
+A model that already contains quantization ops is left unchanged with a WARNING
+(stat ``already_quantized=1``).
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InputError, PassError
+from ..graph import Model, constant_array, infer_shapes, iter_graphs
+from ..passes.base import Context, Pass, PassResult, register
+from .config import (
+    COMPUTE_OPS,
+    DEFAULT_OP_TYPES,
+    ELEMENTWISE_OPS,
+    OWN_SCALE_OPS,
+    PASS_THROUGH_OPS,
+    SAME_SCALE_OPS,
+    QuantConfig,
+)
+from .ranges import (
+    MIN_SCALE,
+    activation_qparams,
+    qrange,
+    quantize_bias,
+    quantize_weight,
+    range_from_histogram,
+    weight_scales,
+)
+
+__all__ = ["QuantizeInt8", "QUANTIZED_OPS", "is_quantized", "weight_axis"]
+
+logger = logging.getLogger(__name__)
+
+#: Ops whose presence means the model is already quantized.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "QGemm",
+        "QAttention",
+        "MatMulNBits",
+    }
+)
+
+_DEFAULT_DOMAINS = (None, "", "ai.onnx")
+_FLOAT = (np.dtype(np.float32),)
+_BIAS_LIMIT = float(1 << 30)  # |int32 bias| cap, with headroom for the accumulation
+_MS = "com.microsoft"
+
+
+def is_quantized(model: Model) -> bool:
+    """True when any node (subgraphs included) is a quantization op."""
+    for g in iter_graphs(model.graph):
+        for node in g.nodes:
+            op = node.op
+            if op in QUANTIZED_OPS or op.startswith("QLinear") or op.startswith("DynamicQuantize"):
+                return True
+    return False
+
+
+def weight_axis(node: gs.Node, w: np.ndarray) -> int | None:
+    """The output-channel axis of ``node``'s weight ``w`` (None: per tensor)."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    if node.op == "MatMul":
+        return 1 if w.ndim == 2 else None
+    return None
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+@dataclass
+class _Plan:
+    """Which nodes are QNodes, which tensors are quantized."""
+
+    qnodes: dict[int, str] = field(default_factory=dict)  # id(node) -> kind
+    out: dict[int, gs.Tensor] = field(default_factory=dict)  # id(qnode) -> quantized output tensor
+    absorbed: dict[int, gs.Node] = field(default_factory=dict)  # id(qnode) -> absorbed Relu/Clip
+    qtensors: dict[str, gs.Tensor] = field(default_factory=dict)  # name -> tensor read through DQ
+    produced: set[str] = field(default_factory=set)  # tensors quantized at their producer
+    touch: dict[str, list[int]] = field(default_factory=dict)  # tensor -> QNodes reading/writing it
+
+
+@register
+@dataclass
+class QuantizeInt8(Pass):
+    """Static int8 QDQ quantization (see the module docstring).
+
+    Options mirror :class:`~onnxpress.quant.config.QuantConfig`; ``"auto"``
+    activation dtype and ``weight_bits=0`` choose per ``ctx.target``
+    (:meth:`QuantConfig.for_target`). ``calibration_limit`` caps the calibration
+    samples read.
+    """
+
+    name = "quantize-int8"
+    lossless = False
+    summary = "static int8 QDQ quantization: calibrated activations, int8 per-channel weights, int32 biases"
+
+    activation_dtype: str = "auto"
+    activation_symmetric: bool | None = None
+    per_channel: bool = True
+    weight_bits: int = 0
+    method: str = "minmax"
+    percentile: float = 99.99
+    op_types: list[str] = field(default_factory=lambda: list(DEFAULT_OP_TYPES))
+    exclude_nodes: list[str] = field(default_factory=list)
+    exclude_op_types: list[str] = field(default_factory=list)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quantize_lstm: bool = True
+    calibration_limit: int = 64
+    histogram_bins: int = 2048
+
+    # ------------------------------------------------------------ config
+    def config(self, target: str = "cpu") -> QuantConfig:
+        """The :class:`QuantConfig` these options mean for ``target``."""
+        base = QuantConfig.for_target(target)
+        return QuantConfig(
+            activation_dtype=base.activation_dtype if self.activation_dtype == "auto" else self.activation_dtype,
+            activation_symmetric=self.activation_symmetric,
+            per_channel=self.per_channel,
+            weight_bits=base.weight_bits if not self.weight_bits else int(self.weight_bits),
+            method=self.method,
+            percentile=self.percentile,
+            op_types=tuple(self.op_types),
+            exclude_nodes=tuple(self.exclude_nodes),
+            exclude_op_types=tuple(self.exclude_op_types),
+            overrides=dict(self.overrides),
+            quantize_lstm=self.quantize_lstm,
+        )
+
+    # --------------------------------------------------------------- run
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        done = ctx.options.setdefault("_quantize_int8_done", set())
+        if id(model) in done:
+            return PassResult(False, {})
+        if is_quantized(model):
+            logger.warning("quantize-int8: the model is already quantized; left unchanged")
+            return PassResult(False, {"already_quantized": 1})
+        if ctx.calibration is None:
+            raise InputError("quantize-int8 needs calibration data (--calib)")
+        cfg = self.config(ctx.target or "cpu")
+        self._cfg = cfg
+        self.report: list[tuple[str, str, str]] = []  # (node, op, why kept float)
+        bytes_before = _weight_bytes(model)
+        converted = 0
+        if model.opset < 13:
+            _convert_opset(model, 13)
+            converted = 1
+        try:
+            stats = self._quantize(model, ctx)
+        finally:
+            del self._cfg
+        stats["opset_converted"] = converted
+        stats["bytes_before"] = bytes_before
+        stats["bytes_after"] = _weight_bytes(model)
+        done.add(id(model))
+        modified = bool(stats.get("quantized", 0) or converted)
+        logger.info(
+            "quantize-int8: %d nodes quantized %s, %d kept float, weights %.2f -> %.2f MB",
+            stats.get("quantized", 0),
+            {k[10:]: v for k, v in stats.items() if k.startswith("quantized_")},
+            stats.get("kept_float", 0),
+            bytes_before / 1e6,
+            stats["bytes_after"] / 1e6,
+        )
+        return PassResult(modified, stats)
+
+    # ----------------------------------------------------------- planning
+    def _quantize(self, model: Model, ctx: Context) -> dict[str, int | float]:
+        from ..calibration import Histogram, MinMax, capturable_tensors, capture
+
+        cfg = self._cfg
+        self._model = model
+        self._types = infer_shapes(model)
+        graphs = list(iter_graphs(model.graph, functions=False))
+        self._graph_of: dict[int, gs.Graph] = {}
+        for g in graphs:
+            for node in g.nodes:
+                self._graph_of[id(node)] = g
+        self._graph_outputs = {id(t) for g in graphs for t in g.outputs}
+        proto = model.to_proto()
+        self._capturable = set(capturable_tensors(proto))
+        excluded: dict[int, str] = {}
+        plan = self._classify(graphs, excluded)
+
+        # One capture run over every tensor any plan could need.
+        wanted = sorted(set(plan.qtensors))
+        stats_by_name: dict[str, Any] = {}
+        if wanted:
+            hist = cfg.method != "minmax"
+
+            def collectors(name: str):
+                return [Histogram(bins=self.histogram_bins)] if hist else [MinMax()]
+
+            data = ctx.calibration
+            if self.calibration_limit:
+                data = _Limited(data, self.calibration_limit)
+            captured = capture(proto, wanted, data, collectors, progress=False, desc="quantize-int8")
+            stats_by_name = {k: v[0] for k, v in captured.items()}
+        del proto
+        # Tensors the data never reached (an If branch not taken) keep their nodes float.
+        empty = {n for n in wanted if _empty(stats_by_name.get(n))}
+        while empty & set(plan.qtensors):
+            for name in empty & set(plan.qtensors):
+                for nid in plan.touch.get(name, ()):
+                    excluded[nid] = "no calibration data reached it"
+            plan = self._classify(graphs, excluded)
+
+        qparams = self._qparams(plan, stats_by_name)
+        return self._rewrite(graphs, plan, qparams, excluded)
+
+    def _is_act(self, t: gs.Tensor) -> bool:
+        """A float32 activation that can be calibrated."""
+        if not isinstance(t, gs.Variable) or not t.name or t.name not in self._capturable:
+            return False
+        tt = self._types.get(t.name)
+        dtype = tt.dtype if tt is not None and tt.dtype is not None else t.dtype
+        try:
+            return dtype is not None and np.dtype(dtype) in _FLOAT
+        except TypeError:
+            return False
+
+    def _is_weight(self, t: gs.Tensor) -> bool:
+        return self._model.is_constant(t) and np.dtype(t.dtype) in _FLOAT
+
+    def _absorbable(self, node: gs.Node) -> gs.Node | None:
+        """The Relu/Clip(min >= 0) that is the only reader of ``node``'s output."""
+        t = node.outputs[0]
+        if len(t.outputs) != 1 or id(t) in self._graph_outputs:
+            return None
+        r = t.outputs[0]
+        if r.domain not in _DEFAULT_DOMAINS or self._graph_of.get(id(r)) is not self._graph_of.get(id(node)):
+            return None
+        if r.op == "Relu":
+            return r
+        if r.op == "Clip":
+            lo = None
+            if len(r.inputs) > 1 and r.inputs[1].name:
+                if self._model.is_constant(r.inputs[1]):
+                    lo = float(constant_array(r.inputs[1]))
+            elif "min" in r.attrs:
+                lo = float(r.attrs["min"])
+            if lo is not None and lo >= 0:
+                return r
+        return None
+
+    def _classify(self, graphs: list[gs.Graph], excluded: dict[int, str]) -> _Plan:
+        """QNodes and quantized tensors, pruning optional QNodes whose output no
+        QNode reads until nothing changes."""
+        cfg = self._cfg
+        excluded_local = dict(excluded)
+        while True:
+            plan = _Plan()
+            avail: set[str] = set()  # tensors whose quantized value is available
+            for g in graphs:
+                for node in g.nodes:
+                    if id(node) in excluded_local or node.domain not in _DEFAULT_DOMAINS:
+                        continue
+                    if not node.outputs or not cfg.quantizes(node.op, node.name):
+                        continue
+                    kind = self._kind(node, avail)
+                    if kind is None:
+                        continue
+                    out = node.outputs[0]
+                    absorbed = self._absorbable(node) if kind in ("compute", "binary") else None
+                    if absorbed is not None and self._is_act(absorbed.outputs[0]):
+                        out = absorbed.outputs[0]
+                    else:
+                        absorbed = None
+                    if not self._is_act(out):
+                        continue
+                    plan.qnodes[id(node)] = kind
+                    if absorbed is not None:
+                        plan.absorbed[id(node)] = absorbed
+                    plan.out[id(node)] = out
+                    plan.touch.setdefault(out.name, []).append(id(node))
+                    for t in self._act_inputs(node, kind):
+                        plan.qtensors[t.name] = t
+                        plan.touch.setdefault(t.name, []).append(id(node))
+                    avail.add(out.name)
+            # Prune optional QNodes that no QNode reads.
+            readers_q = self._readers_are_q(plan)
+            pruned = False
+            for g in graphs:
+                for node in g.nodes:
+                    kind = plan.qnodes.get(id(node))
+                    if kind is None or kind == "compute":
+                        continue
+                    if not readers_q(plan.out[id(node)]):
+                        excluded_local[id(node)] = "no quantized reader"
+                        pruned = True
+            if not pruned:
+                break
+        # Outputs quantized at the producer: every QNode but float-output MatMul/Gemm.
+        for g in graphs:
+            for node in g.nodes:
+                kind = plan.qnodes.get(id(node))
+                if kind is None:
+                    continue
+                out = plan.out[id(node)]
+                if kind == "compute" and node.op in ("MatMul", "Gemm") and not readers_q(out):
+                    continue
+                plan.produced.add(out.name)
+                plan.qtensors[out.name] = out
+        self._excluded_final = excluded_local
+        return plan
+
+    def _readers_are_q(self, plan: _Plan):
+        def any_q_reader(t: gs.Tensor) -> bool:
+            return any(id(r) in plan.qnodes for r in t.outputs)
+
+        return any_q_reader
+
+    def _kind(self, node: gs.Node, avail: set[str]) -> str | None:
+        """The QNode kind of ``node`` given the quantized tensors so far, or None."""
+        op = node.op
+        ins = [t for t in node.inputs]
+        if op in COMPUTE_OPS:
+            if len(ins) < 2:
+                return None
+            x, w = ins[0], ins[1]
+            if op == "MatMul":
+                acts = [t for t in (x, w) if not self._model.is_constant(t)]
+                consts = [t for t in (x, w) if self._model.is_constant(t)]
+                if not acts or not all(self._is_act(t) for t in acts):
+                    return None
+                if consts and not all(self._is_weight(t) for t in consts):
+                    return None
+                return "compute"
+            if not self._is_act(x):
+                return None
+            if op == "Gemm":
+                if not (self._is_weight(w) or self._is_act(w)):
+                    return None
+                return "compute"
+            if not self._is_weight(w):
+                return None
+            return "compute"
+        if op in ELEMENTWISE_OPS:
+            if len(ins) == 2 and all(self._is_act(t) and t.name in avail for t in ins) and ins[0] is not ins[1]:
+                return "binary"
+            return None
+        if op == "Concat":
+            if ins and all(self._is_act(t) and t.name in avail for t in ins):
+                return "concat"
+            return None
+        if op in SAME_SCALE_OPS or op in OWN_SCALE_OPS or op in PASS_THROUGH_OPS:
+            if ins and self._is_act(ins[0]) and ins[0].name in avail and self._is_act(node.outputs[0]):
+                if op in OWN_SCALE_OPS:
+                    return "own"
+                return "same"
+            return None
+        return None
+
+    def _act_inputs(self, node: gs.Node, kind: str) -> list[gs.Tensor]:
+        if kind == "compute":
+            if node.op == "MatMul" or node.op == "Gemm":
+                return [t for t in node.inputs[:2] if not self._model.is_constant(t)]
+            return [node.inputs[0]]
+        if kind in ("binary", "concat"):
+            return list(node.inputs)
+        return [node.inputs[0]]
+
+    # ------------------------------------------------------------ qparams
+    def _qparams(self, plan: _Plan, stats: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Scale and zero point (numpy scalars) per quantized tensor name."""
+        cfg = self._cfg
+        uf = _UnionFind()
+        for name in plan.qtensors:
+            uf.find(name)
+        for t in list(plan.qtensors.values()):
+            for node in t.inputs:  # the producer
+                kind = plan.qnodes.get(id(node))
+                if kind == "same":
+                    uf.union(node.inputs[0].name, plan.out[id(node)].name)
+                elif kind == "concat":
+                    for i in node.inputs:
+                        uf.union(i.name, plan.out[id(node)].name)
+        groups: dict[str, list[str]] = collections.defaultdict(list)
+        for name in plan.qtensors:
+            groups[uf.find(name)].append(name)
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for members in groups.values():
+            dtype, symmetric = cfg.activation_dtype, cfg.symmetric_activations
+            lo, hi = np.inf, -np.inf
+            fixed = None
+            for name in members:
+                o = cfg.overrides.get(name, {})
+                if int(o.get("bits", 8)) == 16:
+                    dtype = "int16" if (o.get("symmetric", dtype == "int16")) else "uint16"
+                if "symmetric" in o:
+                    symmetric = bool(o["symmetric"])
+                if "min" in o or "max" in o:
+                    fixed = (float(o.get("min", 0.0)), float(o.get("max", 0.0)))
+            qmin, qmax = qrange(dtype, symmetric and dtype.startswith("int"))
+            for name in members:
+                c = stats.get(name)
+                if c is None or _empty(c):
+                    continue
+                a, b = _collector_range(c, cfg.method, cfg.percentile, qmin, qmax, symmetric)
+                lo, hi = min(lo, a), max(hi, b)
+            if fixed is not None:
+                lo, hi = fixed
+            if not np.isfinite(lo) or not np.isfinite(hi):
+                lo, hi = 0.0, 0.0
+            scale, zp = activation_qparams(lo, hi, qmin, qmax, symmetric)
+            zpa = np.array(zp, dtype=_np_dtype(dtype))
+            for name in members:
+                out[name] = (np.array(scale, dtype=np.float32), zpa)
+        return out
+
+    # ------------------------------------------------------------ rewrite
+    def _rewrite(self, graphs, plan: _Plan, qparams, excluded: dict[int, str]) -> dict[str, int | float]:
+        cfg = self._cfg
+        model = self._model
+        names = self.names(model)
+        counts: collections.Counter[str] = collections.Counter()
+        kept: collections.Counter[str] = collections.Counter()
+        wqmin, wqmax = qrange("int8", True, cfg.weight_bits)
+        qp_consts: dict[tuple[str, ...], tuple[gs.Constant, gs.Constant]] = {}
+        weight_cache: dict[tuple, gs.Variable] = {}
+        use_ms = any(zp.dtype.itemsize == 2 for _, zp in qparams.values()) and model.opset < 21
+
+        def qp_const(name: str) -> tuple[gs.Constant, gs.Constant]:
+            scale, zp = qparams[name]
+            key = (scale.tobytes(), zp.tobytes(), str(zp.dtype))
+            if key not in qp_consts:
+                qp_consts[key] = (
+                    gs.Constant(names.new(f"{name}_scale"), scale),
+                    gs.Constant(names.new(f"{name}_zero_point"), zp),
+                )
+            return qp_consts[key]
+
+        def qdq_nodes(src: gs.Tensor, dst: gs.Tensor, name: str) -> list[gs.Node]:
+            s, z = qp_const(name)
+            dom = _MS if (z.values.dtype.itemsize == 2 and use_ms) else None
+            q_out = gs.Variable(names.new(f"{name}_quantized"), dtype=z.values.dtype, shape=src.shape)
+            qn = gs.Node("QuantizeLinear", names.new(f"{name}_QuantizeLinear"), inputs=[src, s, z], outputs=[q_out])
+            dqn = gs.Node("DequantizeLinear", names.new(f"{name}_DequantizeLinear"), inputs=[q_out, s, z], outputs=[dst])
+            if dom:
+                qn.domain = dqn.domain = dom
+            return [qn, dqn]
+
+        for g in graphs:
+            head: list[gs.Node] = []
+            after: dict[int, list[gs.Node]] = collections.defaultdict(list)
+            producer_in_g = {id(n) for n in g.nodes}
+            dq_cache: dict[str, gs.Tensor] = {}
+
+            def place(t: gs.Tensor, nodes: list[gs.Node]) -> None:
+                prod = t.inputs[0] if t.inputs else None
+                if prod is not None and id(prod) in producer_in_g:
+                    after[id(prod)].extend(nodes)
+                else:
+                    head.extend(nodes)
+
+            def dq_input(t: gs.Tensor) -> gs.Tensor:
+                """The tensor a QNode of ``g`` reads for activation ``t``."""
+                if t.name in plan.produced:
+                    return t  # already the output of its DequantizeLinear
+                if t.name not in dq_cache:
+                    dst = gs.Variable(names.new(f"{t.name}_dequantized"), dtype=t.dtype, shape=t.shape)
+                    place(t, qdq_nodes(t, dst, t.name))
+                    dq_cache[t.name] = dst
+                return dq_cache[t.name]
+
+            for node in list(g.nodes):
+                kind = plan.qnodes.get(id(node))
+                if kind is None:
+                    why = self._excluded_final.get(id(node)) or excluded.get(id(node))
+                    if node.op == "LSTM" and node.domain in _DEFAULT_DOMAINS:
+                        why = self._quantize_lstm(g, node, names, head, wqmin, wqmax) if cfg.quantize_lstm else "quantize_lstm is off"
+                        if why is None:
+                            counts["LSTM"] += 1
+                            continue
+                    if node.op in COMPUTE_OPS or node.op == "LSTM":
+                        why = why or (
+                            "excluded" if not cfg.quantizes(node.op, node.name) else "input is not a calibrated float activation or weight"
+                        )
+                        kept[why] += 1
+                        self.report.append((node.name, node.op, why))
+                        logger.debug("quantize-int8: %s (%s) kept float: %s", node.name, node.op, why)
+                    continue
+                # Inputs.
+                x_name = node.inputs[0].name
+                acts = {id(t) for t in self._act_inputs(node, kind)}
+                for i, t in enumerate(list(node.inputs)):
+                    if id(t) in acts and t.name in plan.qtensors:
+                        node.inputs[i] = dq_input(t)
+                if kind == "compute":
+                    x_scale = float(qparams[x_name][0]) if x_name in qparams else None
+                    self._quantize_weights(node, x_scale, names, head, weight_cache, wqmin, wqmax)
+                # Output.
+                out = plan.out[id(node)]
+                if out.name in plan.produced:
+                    src_node = plan.absorbed.get(id(node), node)
+                    pre = gs.Variable(names.new(f"{out.name}_prequant"), dtype=out.dtype, shape=out.shape)
+                    idx = next(i for i, o in enumerate(src_node.outputs) if o is out)
+                    src_node.outputs[idx] = pre
+                    after[id(src_node)].extend(qdq_nodes(pre, out, out.name))
+                counts[node.op] += 1
+
+            # Rebuild the node list in topological order.
+            nodes = list(head)
+            for node in g.nodes:
+                nodes.append(node)
+                nodes.extend(after.get(id(node), ()))
+            g.nodes = nodes
+
+        stats: dict[str, int | float] = {"quantized": sum(counts.values()), "kept_float": sum(kept.values())}
+        stats.update({f"quantized_{k}": v for k, v in sorted(counts.items())})
+        stats.update({f"float_{_slug(k)}": v for k, v in sorted(kept.items())})
+        return stats
+
+    def _quantize_weights(self, node, x_scale, names, head, cache, wqmin, wqmax) -> None:
+        """int8 weight (+ int32 bias) for a compute QNode."""
+        cfg = self._cfg
+        model = self._model
+        op = node.op
+        if op == "MatMul":
+            for i in (0, 1):
+                w_t = node.inputs[i]
+                if model.is_constant(w_t):
+                    w = constant_array(w_t)
+                    axis = weight_axis(node, w) if (i == 1 and cfg.per_channel) else None
+                    node.inputs[i] = self._dq_weight(w_t, w, axis, None, names, head, cache, wqmin, wqmax)
+            return
+        w_t = node.inputs[1]
+        if not model.is_constant(w_t):
+            return  # Gemm with an activation B (quantized as an activation)
+        w = constant_array(w_t)
+        bias_t = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        if op == "Gemm":
+            alpha = float(node.attrs.get("alpha", 1.0))
+            beta = float(node.attrs.get("beta", 1.0))
+            if alpha != 1.0:
+                w = (w.astype(np.float64) * alpha).astype(w.dtype)
+                node.attrs["alpha"] = 1.0
+            bias = None
+            if bias_t is not None and model.is_constant(bias_t):
+                c = constant_array(bias_t).astype(np.float64) * beta
+                n = w.shape[0] if int(node.attrs.get("transB", 0)) else w.shape[1]
+                if c.size in (1, n) and (c.ndim <= 1 or (c.ndim == 2 and c.shape[0] == 1)):
+                    bias = np.broadcast_to(c.reshape(-1), (n,)).copy()
+                elif beta != 1.0:
+                    node.inputs[2] = gs.Constant(names.new(f"{bias_t.name}_beta"), c.astype(np.float32))
+                node.attrs["beta"] = 1.0
+        else:
+            bias = constant_array(bias_t).astype(np.float64) if bias_t is not None and model.is_constant(bias_t) else None
+        axis = weight_axis(node, w) if cfg.per_channel else None
+        scale = weight_scales(w, axis, wqmax)
+        group = int(node.attrs.get("group", 1)) if op == "ConvTranspose" else 1
+        if bias is not None and x_scale is not None:
+            # Overflow guard: raise the weight scale of channels whose bias would not fit.
+            per_out = np.tile(scale, group) if (axis is not None and group > 1) else scale
+            need = np.abs(bias) / (x_scale * _BIAS_LIMIT)
+            if axis is None:
+                need_s = float(need.max()) if need.size else 0.0
+                if need_s > float(scale):
+                    scale = np.array(need_s * 1.001, dtype=np.float32)
+            else:
+                need_c = need.reshape(group, -1).max(axis=0) if group > 1 else need
+                if np.any(need_c > scale):
+                    logger.debug("quantize-int8: %s: raising %d weight scales for the int32 bias", node.name, int(np.sum(need_c > scale)))
+                    scale = np.maximum(scale, (need_c * 1.001).astype(np.float32))
+            del per_out
+        node.inputs[1] = self._dq_weight(w_t, w, axis, scale, names, head, cache, wqmin, wqmax)
+        if bias is not None and x_scale is not None:
+            bscale = (np.tile(scale, group) if group > 1 and axis is not None else scale).astype(np.float64) * x_scale
+            if axis is None:
+                bscale = np.full(bias.shape, float(scale) * x_scale)
+            bq = quantize_bias(bias, bscale)
+            base = bias_t.name
+            bq_t = gs.Constant(names.new(f"{base}_quantized"), bq)
+            bs_t = gs.Constant(names.new(f"{base}_scale"), bscale.astype(np.float32))
+            bz_t = gs.Constant(names.new(f"{base}_zero_point"), np.zeros(bq.shape, np.int32))
+            out = gs.Variable(names.new(f"{base}_dequantized"), dtype=np.float32, shape=list(bq.shape))
+            head.append(
+                gs.Node("DequantizeLinear", names.new(f"{base}_DequantizeLinear"), attrs={"axis": 0}, inputs=[bq_t, bs_t, bz_t], outputs=[out])
+            )
+            node.inputs[2] = out
+
+    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax) -> gs.Variable:
+        if scale is None:
+            scale = weight_scales(w, axis, wqmax)
+        key = (id(w_t), axis, np.asarray(scale).tobytes(), id(head))
+        if key in cache:
+            return cache[key]
+        q, scale = quantize_weight(w, axis, wqmin, wqmax, scale)
+        q_t = gs.Constant(names.new(f"{w_t.name}_quantized"), q)
+        s_t = gs.Constant(names.new(f"{w_t.name}_scale"), np.asarray(scale, np.float32))
+        z_t = gs.Constant(names.new(f"{w_t.name}_zero_point"), np.zeros(np.shape(scale), np.int8))
+        out = gs.Variable(names.new(f"{w_t.name}_dequantized"), dtype=np.float32, shape=list(w.shape))
+        attrs = {"axis": int(axis)} if axis is not None else {}
+        head.append(gs.Node("DequantizeLinear", names.new(f"{w_t.name}_DequantizeLinear"), attrs=attrs, inputs=[q_t, s_t, z_t], outputs=[out]))
+        cache[key] = out
+        return out
+
+    def _quantize_lstm(self, g, node, names, head, wqmin, wqmax) -> str | None:
+        """Replace ``node`` by com.microsoft DynamicQuantizeLSTM; None on success,
+        else the reason it stays float."""
+        model = self._model
+        if len(node.inputs) < 3:
+            return "LSTM without W and R"
+        w_t, r_t = node.inputs[1], node.inputs[2]
+        if not (self._is_weight(w_t) and self._is_weight(r_t)):
+            return "LSTM weights are not constant float tensors"
+        if int(node.attrs.get("layout", 0)) != 0:
+            return "LSTM layout=1"
+        w, r = constant_array(w_t), constant_array(r_t)
+        if w.ndim != 3 or r.ndim != 3:
+            return "LSTM weights are not 3-D"
+        d, h4, _ = w.shape
+        new_inputs = []
+        for t, a in ((w_t, w), (r_t, r)):
+            flat = a.reshape(d * h4, -1)
+            q, s = quantize_weight(flat, 0, wqmin, wqmax)
+            q = q.reshape(a.shape).transpose(0, 2, 1).copy()  # [D, in, 4H], as the kernel wants
+            new_inputs.append(
+                (
+                    gs.Constant(names.new(f"{t.name}_quantized"), q),
+                    gs.Constant(names.new(f"{t.name}_scale"), s.reshape(d, h4)),
+                    gs.Constant(names.new(f"{t.name}_zero_point"), np.zeros((d, h4), np.int8)),
+                )
+            )
+        empty = gs.Variable.empty
+        rest = list(node.inputs[3:8]) + [empty()] * (8 - len(node.inputs))
+        rest = [t if t.name else empty() for t in rest]
+        (wq, ws, wz), (rq, rs, rz) = new_inputs
+        inputs = [node.inputs[0], wq, rq, *rest, ws, wz, rs, rz]
+        node.inputs.clear()
+        node.inputs.extend(inputs)
+        node.op = "DynamicQuantizeLSTM"
+        node.domain = _MS
+        node.attrs.pop("layout", None)
+        # onnx has no schema for com.microsoft ops: declare the output types, or
+        # type inference stops at this node (and the checker fails downstream).
+        for o in node.outputs:
+            if o.name:
+                tt = self._types.get(o.name)
+                o.dtype = np.float32
+                if o.shape is None and tt is not None and tt.shape is not None:
+                    o.shape = [d if isinstance(d, (int, str)) else None for d in tt.shape]
+        return None
+
+
+# --------------------------------------------------------------------- helpers
+class _Limited:
+    """Re-iterable view of at most ``n`` feeds of ``data``."""
+
+    def __init__(self, data: Iterable, n: int) -> None:
+        self.data, self.n = data, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.data), self.n)
+
+
+def _empty(c: Any) -> bool:
+    if c is None:
+        return True
+    if hasattr(c, "count"):
+        try:
+            return int(c.count) == 0
+        except TypeError:
+            pass
+    return not (np.isfinite(getattr(c, "min", np.inf)) and np.isfinite(getattr(c, "max", -np.inf)))
+
+
+def _collector_range(c: Any, method: str, percentile: float, qmin: int, qmax: int, symmetric: bool) -> tuple[float, float]:
+    """``(lo, hi)`` of one tensor from its MinMax or Histogram collector."""
+    lo, hi = float(c.min), float(c.max)
+    if method == "minmax" or not hasattr(c, "counts"):
+        return min(lo, 0.0), max(hi, 0.0)
+    counts = np.asarray(c.counts, dtype=np.float64)
+    edges = np.asarray(c.edges, dtype=np.float64)
+    nz = np.nonzero(counts)[0]
+    if not len(nz):
+        return min(lo, 0.0), max(hi, 0.0)
+    counts = counts[nz[0] : nz[-1] + 1]
+    edges = edges[nz[0] : nz[-1] + 2].copy()
+    edges[0], edges[-1] = max(edges[0], lo), min(edges[-1], hi)
+    if edges[-1] <= edges[0]:
+        return min(lo, 0.0), max(hi, 0.0)
+    return range_from_histogram(method, edges, counts, percentile=percentile, qmin=qmin, qmax=qmax, symmetric=symmetric)
+
+
+def _np_dtype(name: str) -> type:
+    return {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16}[name]
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
+
+
+def _weight_bytes(model: Model) -> int:
+    """Bytes of every constant tensor (subgraphs included, each counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for g in iter_graphs(model.graph):
+        for node in g.nodes:
+            for t in node.inputs:
+                if isinstance(t, gs.Constant) and id(t) not in seen:
+                    seen.add(id(t))
+                    total += int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    for t in model.orphan_initializers:
+        if id(t) not in seen:
+            total += int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    return total
+
+
+def _convert_opset(model: Model, version: int) -> None:
+    """Convert ``model`` in place to ``version`` of the default domain with
+    ``onnx.version_converter`` and check the result.
+
+    Raises:
+        PassError: the converter or the checker fails.
+    """
+    proto = model.to_proto()
+    try:
+        converted = onnx.version_converter.convert_version(proto, version)
+        onnx.checker.check_model(converted, full_check=True)
+    except Exception as exc:
+        raise PassError("quantize-int8", f"cannot convert the model from opset {model.opset} to {version}: {exc}") from exc
+    new = Model.from_proto(converted)
+    logger.info("quantize-int8: converted the model from opset %d to %d", model.opset, version)
+    model.graph = new.graph
+    model.opset_imports = new.opset_imports
+    model.ir_version = max(model.ir_version, new.ir_version)
+    model.orphan_initializers = new.orphan_initializers
+    model.overridable = new.overridable

@@ -1,0 +1,518 @@
+"""quantize-int8 on small graphs: fidelity against fp32 in onnxruntime (graph
+optimizations off and on), what onnxruntime fuses (int8 kernels), and the edge
+cases of scales, biases and placement."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as nh
+import pytest
+
+import onnxpress
+from onnxpress.errors import InputError
+from onnxpress.graph import load
+from onnxpress.passes import Context, make_pass
+from onnxpress.quant import QuantConfig, count_int8_kernels, is_quantized
+from onnxpress.quant.ranges import (
+    MIN_SCALE,
+    activation_qparams,
+    entropy_range,
+    mse_range,
+    percentile_range,
+    qrange,
+    quantize_weight,
+    weight_scales,
+)
+from tests.conftest import run_ort
+
+F = onnx.TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    g = oh.make_graph(
+        nodes,
+        "g",
+        [oh.make_tensor_value_info(n, F, s) for n, s in inputs],
+        [oh.make_tensor_value_info(n, F, None) for n in outputs],
+        [nh.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
+    inferred = onnx.shape_inference.infer_shapes(m)
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for i, o in enumerate(m.graph.output):
+        if o.name in known and known[o.name].type.tensor_type.HasField("shape"):
+            m.graph.output[i].CopyFrom(known[o.name])
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _feeds(model, n, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        f = {}
+        for vi in model.graph.input:
+            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            f[vi.name] = rng.normal(size=shape).astype(np.float32)
+        out.append(f)
+    return out
+
+
+def quantize(model, calib=None, **options):
+    m = load(onnx.ModelProto.FromString(model.SerializeToString()))
+    calib = _feeds(model, 16, 1) if calib is None else calib
+    result = make_pass("quantize-int8", **options).run(m, Context(calibration=calib))
+    q = m.to_proto()
+    onnx.checker.check_model(q, full_check=True)
+    return q, result
+
+
+def snr_db(ref, got):
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    noise = np.sum((ref - got) ** 2)
+    return np.inf if noise == 0 else 10 * np.log10(np.sum(ref**2) / noise)
+
+
+def cosine(ref, got):
+    a, b = np.ravel(ref).astype(np.float64), np.ravel(got).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def assert_close_fp32(fp32, q, min_snr=25.0, min_cos=0.995, seed=2):
+    for feeds in _feeds(fp32, 4, seed):
+        for optimize in (False, True):
+            ref = run_ort(fp32, feeds, optimize)
+            got = run_ort(q, feeds, optimize)
+            for r, g in zip(ref, got):
+                assert r.shape == g.shape and np.all(np.isfinite(g))
+                assert snr_db(r, g) >= min_snr, (snr_db(r, g), optimize)
+                assert cosine(r, g) >= min_cos
+
+
+def _initializers(q):
+    return {t.name: nh.to_array(t) for t in q.graph.initializer}
+
+
+def _conv_relu_conv():
+    rng = np.random.default_rng(0)
+    return _model(
+        [
+            oh.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+            oh.make_node("Relu", ["c1"], ["r1"]),
+            oh.make_node("Conv", ["r1", "W2", "B2"], ["y"], pads=[1, 1, 1, 1]),
+        ],
+        [("x", [1, 3, 16, 16])],
+        ["y"],
+        {
+            "W1": (rng.normal(size=(8, 3, 3, 3)) * 0.3).astype(np.float32),
+            "B1": rng.normal(size=8).astype(np.float32),
+            "W2": (rng.normal(size=(4, 8, 3, 3)) * 0.2).astype(np.float32),
+            "B2": rng.normal(size=4).astype(np.float32),
+        },
+    )
+
+
+# ------------------------------------------------------------------ ranges
+def test_scales_never_zero_or_nan():
+    for lo, hi in [(0.0, 0.0), (3.0, 3.0), (-2.0, -2.0), (np.nan, np.inf)]:
+        for dtype, sym in [("uint8", False), ("int8", False), ("int8", True)]:
+            qmin, qmax = qrange(dtype, sym)
+            s, z = activation_qparams(lo, hi, qmin, qmax, sym)
+            assert np.isfinite(s) and s >= MIN_SCALE and qmin <= z <= qmax
+    w = np.zeros((4, 3), np.float32)
+    w[1] = [1.0, -2.0, 0.5]
+    s = weight_scales(w, 0, 127)
+    assert np.all(s > 0) and np.all(np.isfinite(s))
+    q, _ = quantize_weight(w, 0, -127, 127, s)
+    assert q.dtype == np.int8 and np.all(q[0] == 0) and q[1, 1] == -127
+
+
+def test_qrange_7bit_and_symmetric():
+    assert qrange("int8", True, 7) == (-63, 63)
+    assert qrange("int8", True) == (-127, 127)
+    assert qrange("uint8") == (0, 255)
+
+
+def test_range_methods_clip_outliers():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=200000), [40.0]])
+    counts, edges = np.histogram(x, bins=2048)
+    lo, hi = percentile_range(edges, counts, 99.9)
+    assert 2.5 < hi < 4.5 and -4.5 < lo < -2.5
+    lo, hi = entropy_range(edges, counts, levels=128)
+    assert hi < 20 and lo > -20
+    # MSE keeps a lone outlier among 200k values (its clipping error would cost more
+    # than the coarser rounding), but clips a long thin tail.
+    lo, hi = mse_range(edges, counts, -128, 127)
+    assert edges[0] <= lo < -2 and 2 < hi <= edges[-1]
+    # Its expected error is never above minmax's.
+    tail = np.concatenate([rng.laplace(size=100000), rng.uniform(5, 60, size=300)])
+    counts, edges = np.histogram(tail, bins=2048)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+
+    def err(lo, hi):
+        s, z = activation_qparams(lo, hi, -128, 127, False)
+        q = np.clip(np.rint(centers / s) + z, -128, 127)
+        return float(np.sum(counts * (centers - (q - z) * s) ** 2))
+
+    lo, hi = mse_range(edges, counts, -128, 127)
+    assert err(lo, hi) <= err(edges[0], edges[-1]) and hi < edges[-1]
+
+
+# ---------------------------------------------------------------- placement
+def test_conv_relu_conv_fuses_and_matches_fp32():
+    m = _conv_relu_conv()
+    q, result = quantize(m)
+    assert result.modified and result.stats["quantized_Conv"] == 2
+    assert count_int8_kernels(q) == {"QLinearConv": 2}
+    assert count_int8_kernels(q, "all").get("QLinearConv") == 2
+    assert_close_fp32(m, q, min_snr=25)
+    inits = _initializers(q)
+    assert "W1" not in inits and "W2" not in inits  # the fp32 weights are gone
+    assert sum(v.dtype == np.int8 for v in inits.values()) >= 2
+    assert sum(v.dtype == np.int32 for v in inits.values()) >= 2
+    assert result.stats["bytes_after"] < 0.5 * result.stats["bytes_before"]
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_methods_and_dtypes(method, dtype):
+    m = _conv_relu_conv()
+    q, _ = quantize(m, method=method, activation_dtype=dtype, weight_bits=8)
+    # KL-divergence clips hardest (the output too): it is judged by task metrics.
+    assert_close_fp32(m, q, min_snr=15 if method == "entropy" else 20, min_cos=0.98)
+
+
+def test_int16_activations():
+    m = _conv_relu_conv()
+    q, _ = quantize(m, activation_dtype="int16", weight_bits=8)
+    assert_close_fp32(m, q, min_snr=30)
+
+
+def test_gemm_row_bias_and_tiny_weight_scale_do_not_overflow():
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(16, 8)) * 0.5).astype(np.float32)
+    w[:, 3] = 1e-12  # tiny weights: bias / (x_scale * w_scale) would overflow int32
+    w[:, 5] = 0.0  # a pruned output
+    c = rng.normal(size=(1, 8)).astype(np.float32) * 3
+    m = _model(
+        [oh.make_node("Gemm", ["x", "W", "C"], ["y"])], [("x", [4, 16])], ["y"], {"W": w, "C": c}
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_Gemm"] == 1
+    inits = _initializers(q)
+    bias = [v for v in inits.values() if v.dtype == np.int32 and v.ndim == 1 and v.size == 8]
+    assert bias and np.all(np.abs(bias[0].astype(np.int64)) < 2**31 - 1)
+    scales = [v for v in inits.values() if v.dtype == np.float32]
+    assert all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales)
+    assert_close_fp32(m, q, min_snr=25)
+    assert count_int8_kernels(q).get("QGemm", 0) == 1
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_transb_axis(trans_b):
+    rng = np.random.default_rng(1)
+    w = (rng.normal(size=(16, 6)) * rng.uniform(0.01, 2, size=(1, 6))).astype(np.float32)
+    if trans_b:
+        w = np.ascontiguousarray(w.T)
+    m = _model(
+        [oh.make_node("Gemm", ["x", "W", "C"], ["y"], transB=trans_b, alpha=0.5, beta=2.0)],
+        [("x", [4, 16])],
+        ["y"],
+        {"W": w, "C": rng.normal(size=6).astype(np.float32)},
+    )
+    q, _ = quantize(m)
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
+    axis = next(a.i for a in dq.attribute if a.name == "axis")
+    assert axis == (0 if trans_b else 1)
+    assert_close_fp32(m, q, min_snr=28)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose_per_channel_axis_1(group):
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(4, 3, 2, 2)) * rng.uniform(0.01, 1.0, size=(1, 3, 1, 1))).astype(np.float32)
+    m = _model(
+        [oh.make_node("ConvTranspose", ["x", "W", "B"], ["y"], strides=[2, 2], group=group)],
+        [("x", [1, 4, 8, 8])],
+        ["y"],
+        {"W": w, "B": rng.normal(size=3 * group).astype(np.float32)},
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_ConvTranspose"] == 1
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
+    assert next(a.i for a in dq.attribute if a.name == "axis") == 1
+    assert_close_fp32(m, q, min_snr=28)
+
+
+def test_shared_weight_two_matmuls_with_different_input_scales():
+    rng = np.random.default_rng(0)
+    m = _model(
+        [
+            oh.make_node("MatMul", ["a", "W"], ["ya"]),
+            oh.make_node("Mul", ["b", "k"], ["b10"]),
+            oh.make_node("MatMul", ["b10", "W"], ["yb"]),
+        ],
+        [("a", [2, 8, 16]), ("b", [2, 8, 16])],
+        ["ya", "yb"],
+        {"W": (rng.normal(size=(16, 12)) * 0.3).astype(np.float32), "k": np.array(10.0, np.float32)},
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_MatMul"] == 2
+    dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W")]
+    assert len(dqs) == 1  # one int8 copy, one DequantizeLinear
+    assert "W" not in _initializers(q)
+    assert_close_fp32(m, q, min_snr=28)
+    assert sum(count_int8_kernels(q).values()) == 2
+
+
+def test_all_zero_channel_gives_no_nan_or_zero_scale():
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(6, 3, 3, 3)) * 0.3).astype(np.float32)
+    w[2] = 0.0
+    b = rng.normal(size=6).astype(np.float32)
+    b[4] = 0.0
+    m = _model(
+        [oh.make_node("Conv", ["x", "W", "B"], ["c"]), oh.make_node("Mul", ["c", "z"], ["y"])],
+        [("x", [1, 3, 10, 10])],
+        ["y"],
+        {"W": w, "B": b, "z": np.float32(1.0)},
+    )
+    q, _ = quantize(m)
+    for v in _initializers(q).values():
+        if v.dtype == np.float32:
+            assert np.all(np.isfinite(v)) and np.all(v > 0)
+    assert_close_fp32(m, q, min_snr=25)
+    # An all-zero activation (calibration of zeros only) also quantizes without NaN.
+    zeros = [{"x": np.zeros((1, 3, 10, 10), np.float32)} for _ in range(3)]
+    q0, _ = quantize(m, calib=zeros)
+    out = run_ort(q0, {"x": np.zeros((1, 3, 10, 10), np.float32)})[0]
+    ref = run_ort(m, {"x": np.zeros((1, 3, 10, 10), np.float32)})[0]
+    assert np.all(np.isfinite(out)) and np.allclose(out, ref, atol=1e-2 * np.abs(ref).max() + 1e-6)
+
+
+def test_residual_add_quantized_and_fused():
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.normal(size=s) * 0.2).astype(np.float32)  # noqa: E731
+    m = _model(
+        [
+            oh.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+            oh.make_node("Relu", ["c1"], ["r1"]),
+            oh.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1]),
+            oh.make_node("Add", ["c2", "r1"], ["s"]),
+            oh.make_node("Relu", ["s"], ["r2"]),
+            oh.make_node("Conv", ["r2", "W3", "B3"], ["y"]),
+        ],
+        [("x", [1, 8, 12, 12])],
+        ["y"],
+        {"W1": w(8, 8, 3, 3), "B1": w(8), "W2": w(8, 8, 3, 3), "B2": w(8), "W3": w(4, 8, 1, 1), "B3": w(4)},
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_Add"] == 1 and result.stats["quantized_Conv"] == 3
+    k = count_int8_kernels(q)
+    assert k.get("QLinearConv") == 3 and k.get("QLinearAdd") == 1, k
+    assert_close_fp32(m, q, min_snr=25)
+
+
+def test_concat_shares_one_scale():
+    rng = np.random.default_rng(0)
+    m = _model(
+        [
+            oh.make_node("Conv", ["x", "W1"], ["a"]),
+            oh.make_node("Conv", ["x", "W2"], ["b"]),
+            oh.make_node("Concat", ["a", "b"], ["c"], axis=1),
+            oh.make_node("Conv", ["c", "W3"], ["y"]),
+        ],
+        [("x", [1, 3, 8, 8])],
+        ["y"],
+        {
+            "W1": (rng.normal(size=(4, 3, 1, 1)) * 0.1).astype(np.float32),
+            "W2": (rng.normal(size=(4, 3, 1, 1)) * 2.0).astype(np.float32),
+            "W3": (rng.normal(size=(2, 8, 1, 1)) * 0.3).astype(np.float32),
+        },
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_Concat"] == 1
+    by_out = {o: n for n in q.graph.node for o in n.output}
+    concat = next(n for n in q.graph.node if n.op_type == "Concat")
+    scales = {by_out[i].input[1] for i in concat.input}  # DQ scale names of the inputs
+    q_after = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and by_out.get(n.input[0]) is concat)
+    scales.add(q_after.input[1])
+    assert len(scales) == 1, scales
+    assert_close_fp32(m, q, min_snr=22)
+
+
+def test_softmax_and_decomposed_layernorm_stay_float():
+    rng = np.random.default_rng(0)
+    m = _model(
+        [
+            oh.make_node("MatMul", ["x", "W"], ["h"]),
+            oh.make_node("ReduceMean", ["h"], ["mu"], axes=[-1]),
+            oh.make_node("Sub", ["h", "mu"], ["d"]),
+            oh.make_node("Mul", ["d", "d"], ["d2"]),
+            oh.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+            oh.make_node("Add", ["var", "eps"], ["ve"]),
+            oh.make_node("Sqrt", ["ve"], ["sd"]),
+            oh.make_node("Div", ["d", "sd"], ["n"]),
+            oh.make_node("Softmax", ["n"], ["p"], axis=-1),
+            oh.make_node("MatMul", ["p", "W2"], ["y"]),
+        ],
+        [("x", [2, 5, 16])],
+        ["y"],
+        {
+            "W": (rng.normal(size=(16, 16)) * 0.3).astype(np.float32),
+            "W2": (rng.normal(size=(16, 4)) * 0.3).astype(np.float32),
+            "eps": np.float32(1e-5),
+        },
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized"] == 2
+    ops = [n.op_type for n in q.graph.node]
+    # Mul(d, d) has float operands from float ops: it stays float, as do the others.
+    assert "QuantizeLinear" in ops
+    prod = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        if n.op_type in ("ReduceMean", "Sub", "Mul", "Sqrt", "Div", "Softmax"):
+            assert all(prod.get(i) is None or prod[i].op_type != "DequantizeLinear" or not n.op_type == "Softmax" for i in n.input)
+    mul = next(n for n in q.graph.node if n.op_type == "Mul")
+    assert all(prod[i].op_type != "DequantizeLinear" for i in mul.input)
+    assert_close_fp32(m, q, min_snr=20, min_cos=0.99)
+
+
+def test_pass_through_reuses_scale_and_fuses():
+    rng = np.random.default_rng(0)
+    m = _model(
+        [
+            oh.make_node("Conv", ["x", "W1"], ["c"]),
+            oh.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            oh.make_node("Reshape", ["p", "shape"], ["r"]),
+            oh.make_node("MatMul", ["r", "W2"], ["y"]),
+        ],
+        [("x", [1, 3, 8, 8])],
+        ["y"],
+        {
+            "W1": (rng.normal(size=(4, 3, 1, 1)) * 0.5).astype(np.float32),
+            "shape": np.array([1, 64], np.int64),
+            "W2": (rng.normal(size=(64, 10)) * 0.2).astype(np.float32),
+        },
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_Reshape"] == 1 and result.stats["quantized_MaxPool"] == 1
+    opt = __import__("onnxpress.quant.inspect", fromlist=["x"]).optimized_op_counts(q)
+    assert opt.get("QLinearConv") == 1 and (opt.get("MatMulIntegerToFloat", 0) + opt.get("QLinearMatMul", 0)) == 1, opt
+    assert_close_fp32(m, q, min_snr=25)
+
+
+def test_if_branch_is_quantized():
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(4, 3, 1, 1)) * 0.5).astype(np.float32)
+    then_g = oh.make_graph(
+        [oh.make_node("Conv", ["x", "Wt"], ["yt"]), oh.make_node("Relu", ["yt"], ["yt2"])],
+        "then",
+        [],
+        [oh.make_tensor_value_info("yt2", F, [1, 4, 6, 6])],
+        [nh.from_array(w, "Wt")],
+    )
+    else_g = oh.make_graph(
+        [oh.make_node("Conv", ["x", "We"], ["ye"])], "else", [], [oh.make_tensor_value_info("ye", F, [1, 4, 6, 6])],
+        [nh.from_array(-w, "We")],
+    )
+    g = oh.make_graph(
+        [oh.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+        "g",
+        [oh.make_tensor_value_info("x", F, [1, 3, 6, 6]), oh.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("y", F, [1, 4, 6, 6])],
+    )
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    onnx.checker.check_model(m, full_check=True)
+    calib = [
+        {"x": np.random.default_rng(i).normal(size=(1, 3, 6, 6)).astype(np.float32), "cond": np.array(True)}
+        for i in range(8)
+    ]
+    q, result = quantize(m, calib=calib)
+    # The then-branch was reached by the data; the else-branch never: it stays float.
+    assert result.stats["quantized_Conv"] == 1
+    assert result.stats.get("float_no_calibration_data_reached_it") == 1
+    x = np.random.default_rng(9).normal(size=(1, 3, 6, 6)).astype(np.float32)
+    for cond in (True, False):
+        ref = run_ort(m, {"x": x, "cond": np.array(cond)})[0]
+        got = run_ort(q, {"x": x, "cond": np.array(cond)})[0]
+        assert snr_db(ref, got) > 25
+
+
+def test_opset_11_is_converted_to_13():
+    m = _conv_relu_conv()
+    m11 = onnx.ModelProto.FromString(m.SerializeToString())
+    m11.opset_import[0].version = 11  # Conv and Relu are the same at opset 11
+    m11.ir_version = 6
+    onnx.checker.check_model(m11, full_check=True)
+    q, result = quantize(m11)
+    assert result.stats["opset_converted"] == 1
+    assert {o.domain: o.version for o in q.opset_import}[""] == 13
+    assert_close_fp32(m11, q, min_snr=25)
+
+
+def test_already_quantized_is_left_unchanged(caplog):
+    q, _ = quantize(_conv_relu_conv())
+    with caplog.at_level(logging.WARNING):
+        q2, result = quantize(q)
+    assert not result.modified and result.stats == {"already_quantized": 1}
+    assert "already quantized" in caplog.text
+    assert len(q2.graph.node) == len(q.graph.node)
+
+
+def test_needs_calibration():
+    m = load(_conv_relu_conv())
+    with pytest.raises(InputError, match="needs calibration data"):
+        make_pass("quantize-int8").run(m, Context())
+
+
+def test_exclusions_and_overrides():
+    m = _conv_relu_conv()
+    q, result = quantize(m, exclude_op_types=["Conv"])
+    assert result.stats["quantized"] == 0 and result.stats["kept_float"] == 2
+    q, result = quantize(m, overrides={"r1": {"min": 0.0, "max": 100.0}})
+    s = _initializers(q)
+    assert any(np.isclose(v, 100.0 / 255, rtol=1e-6) for v in s.values() if v.dtype == np.float32 and v.ndim == 0)
+
+
+def test_lstm_becomes_dynamic_quantize_lstm():
+    rng = np.random.default_rng(0)
+    h = 8
+    m = _model(
+        [oh.make_node("LSTM", ["x", "W", "R", "B"], ["y", "yh"], hidden_size=h, direction="bidirectional")],
+        [("x", [5, 1, 6])],
+        ["y"],
+        {
+            "W": (rng.normal(size=(2, 4 * h, 6)) * 0.3).astype(np.float32),
+            "R": (rng.normal(size=(2, 4 * h, h)) * 0.3).astype(np.float32),
+            "B": (rng.normal(size=(2, 8 * h)) * 0.1).astype(np.float32),
+        },
+    )
+    q, result = quantize(m)
+    assert result.stats["quantized_LSTM"] == 1
+    assert [n.op_type for n in q.graph.node] == ["DynamicQuantizeLSTM"]
+    assert_close_fp32(m, q, min_snr=25)
+
+
+def test_config_for_target():
+    assert QuantConfig.for_target("arm64").activation_dtype == "int8"
+    vnni = QuantConfig.for_target("x86", flags={"avx2", "avx512_vnni"})
+    assert (vnni.activation_dtype, vnni.weight_bits) == ("uint8", 8)
+    avx2 = QuantConfig.for_target("x86", flags={"avx2"})
+    assert (avx2.activation_dtype, avx2.weight_bits) == ("uint8", 7)
+    with pytest.raises(InputError):
+        QuantConfig(method="bogus")
+
+
+def test_edge_int8_recipe_end_to_end():
+    m = _conv_relu_conv()
+    result = onnxpress.optimize(m, recipe="edge-int8", calibration=_feeds(m, 8, 1), strict=True)
+    assert is_quantized(result.working)
+    assert count_int8_kernels(result.model) == {"QLinearConv": 2}
+    assert_close_fp32(m, result.model, min_snr=25)
+    totals = result.pass_totals()
+    assert totals["quantize-int8"]["quantized"] == 2
