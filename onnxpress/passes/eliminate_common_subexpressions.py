@@ -5,7 +5,7 @@ number of outputs (and the same omitted optional outputs), equal attributes and
 the *same* input tensors (by identity; equal-valued but distinct initializers are
 first merged by ``merge-initializers``). Attributes compare by value: ints,
 strings, exact float bits (``0.0`` and ``-0.0`` differ, ``NaN`` never equals),
-lists, and tensor attributes by dtype, shape and bytes.
+lists, and tensor attributes by dtype, shape and the sha256 of their bytes.
 
 Never merged:
 
@@ -25,6 +25,7 @@ subgraphs and local functions; nodes are merged only within one graph.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Hashable
@@ -76,11 +77,10 @@ def _canonical(value: Any) -> Hashable:
         return ("l", tuple(_canonical(v) for v in value))
     if isinstance(value, gs.Node.AttributeRef):
         return ("ref", value.name, str(value.type))
-    if isinstance(value, gs.Constant):
-        arr = constant_array(value)
-        return ("t", str(arr.dtype), arr.shape, np.ascontiguousarray(arr).tobytes())
-    if isinstance(value, np.ndarray):
-        return ("t", str(value.dtype), value.shape, np.ascontiguousarray(value).tobytes())
+    if isinstance(value, (gs.Constant, np.ndarray)):
+        arr = constant_array(value) if isinstance(value, gs.Constant) else value
+        digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+        return ("t", str(arr.dtype), tuple(arr.shape), digest)
     raise _Skip(type(value).__name__)
 
 

@@ -64,7 +64,6 @@ __all__ = ["SimplifyReshape"]
 logger = logging.getLogger(__name__)
 
 _RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
-_INT_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 @dataclass(frozen=True)

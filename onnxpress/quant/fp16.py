@@ -280,6 +280,8 @@ class ConvertFp16(Pass):
             if n.op in ("Shape", "Size") and n.domain in ONNX_DOMAINS:
                 derived.update(id(t) for t in n.outputs)
                 continue
+            if n.op in _CONTROL_FLOW or n.domain not in ONNX_DOMAINS:
+                continue  # their outputs carry captured data, not only their inputs'
             ins = [t for t in n.inputs if t.name]
             if ins and any(id(t) in derived for t in ins) and all(
                 id(t) in derived or isinstance(t, gs.Constant) for t in ins
@@ -299,7 +301,7 @@ class ConvertFp16(Pass):
                     return _FIXED, None  # input 0 is read as is (flexible)
             elif self._orig.get(id(n.outputs[0])) != F32:
                 return _FIXED, None
-            if any(id(t) in shape_derived for t in n.outputs):
+            if id(n.outputs[0]) in shape_derived:
                 return _FIXED, "shape_arithmetic"
             return _FOLLOWER, None
         if not touches_f32:
@@ -312,7 +314,7 @@ class ConvertFp16(Pass):
             return _FIXED, "keep_fp32_ops"
         if n.name and n.name in self.keep_fp32_nodes:
             return _FIXED, "keep_fp32_nodes"
-        if any(id(t) in shape_derived for t in n.outputs):
+        if any(id(t) in shape_derived and self._orig.get(id(t)) == F32 for t in n.outputs):
             return _FIXED, "shape_arithmetic"
         try:
             schema = _Schema(n, self._model.opset)

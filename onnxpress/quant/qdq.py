@@ -195,6 +195,7 @@ class QuantizeInt8(Pass):
     exclude_op_types: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     quantize_lstm: bool = True
+    quantize_activation_matmul: bool = True
     calibration_limit: int = 64
     histogram_bins: int = 2048
 
@@ -266,6 +267,9 @@ class QuantizeInt8(Pass):
             for node in g.nodes:
                 self._graph_of[id(node)] = g
         self._graph_outputs = {id(t) for g in graphs for t in g.outputs}
+        fused = self._matmul_add_to_gemm(graphs)
+        if fused:
+            self._types = infer_shapes(model)
         proto = model.to_proto()
         self._capturable = set(capturable_tensors(proto))
         excluded: dict[int, str] = {}
@@ -295,7 +299,59 @@ class QuantizeInt8(Pass):
             plan = self._classify(graphs, excluded)
 
         qparams = self._qparams(plan, stats_by_name)
-        return self._rewrite(graphs, plan, qparams, excluded)
+        stats = self._rewrite(graphs, plan, qparams, excluded)
+        stats["matmul_add_to_gemm"] = fused
+        return stats
+
+    def _matmul_add_to_gemm(self, graphs: list[gs.Graph]) -> int:
+        """``MatMul(x [M, K], W [K, N])`` + ``Add(bias [N] or [1, N])`` -> ``Gemm``.
+
+        onnxruntime's MatMulAddFusion turns that pair into a float Gemm *before*
+        its QDQ fusions, leaving the quantized MatMul in float; a Gemm with an
+        int32 bias becomes QGemm instead. Only for a 2-D ``x`` (known rank), a
+        MatMul output read by that Add alone, and quantizable MatMuls.
+        """
+        cfg = self._cfg
+        if not (cfg.quantizes("MatMul") and cfg.quantizes("Gemm")):
+            return 0
+        fused = 0
+        for g in graphs:
+            dead: set[int] = set()
+            for node in g.nodes:
+                if node.op != "MatMul" or node.domain not in _DEFAULT_DOMAINS or not cfg.quantizes("MatMul", node.name):
+                    continue
+                x, w = node.inputs[0], node.inputs[1]
+                y = node.outputs[0]
+                tx = self._types.get(x.name)
+                if not self._is_weight(w) or self._model.is_constant(x) or tx is None or tx.shape is None or len(tx.shape) != 2:
+                    continue
+                if len(w.shape) != 2 or len(y.outputs) != 1 or id(y) in self._graph_outputs:
+                    continue
+                add = y.outputs[0]
+                if add.op != "Add" or add.domain not in _DEFAULT_DOMAINS or self._graph_of.get(id(add)) is not g:
+                    continue
+                other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+                if other is y or not self._is_weight(other):
+                    continue
+                n = int(w.shape[1])
+                b = constant_array(other)
+                if b.size not in (1, n) or b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1):
+                    continue
+                bias = np.broadcast_to(b.reshape(-1), (n,)).astype(np.float32)
+                out = add.outputs[0]
+                c = gs.Constant(self.names(self._model).new(f"{other.name}_gemm_bias"), np.ascontiguousarray(bias))
+                add.inputs.clear()
+                add.outputs.clear()
+                dead.add(id(add))
+                node.op = "Gemm"
+                node.inputs.append(c)
+                node.outputs[0] = out
+                fused += 1
+            if dead:
+                g.nodes = [n for n in g.nodes if id(n) not in dead]
+        if fused:
+            logger.debug("quantize-int8: %d MatMul+Add pairs became Gemm", fused)
+        return fused
 
     def _is_act(self, t: gs.Tensor) -> bool:
         """A float32 activation that can be calibrated."""
@@ -413,6 +469,8 @@ class QuantizeInt8(Pass):
                 if not acts or not all(self._is_act(t) for t in acts):
                     return None
                 if consts and not all(self._is_weight(t) for t in consts):
+                    return None
+                if not consts and not self.quantize_activation_matmul:
                     return None
                 return "compute"
             if not self._is_act(x):

@@ -14,7 +14,10 @@ from onnxpress.passes import Context, Pass, PassManager, PassResult, get_pass, m
 LOSSLESS = [
     "lift-constants",
     "fold-constants",
+    "inline-constant-if",
     "remove-noops",
+    "simplify-reshape",
+    "eliminate-common-subexpressions",
     "fold-batchnorm",
     "eliminate-dead-code",
     "merge-initializers",

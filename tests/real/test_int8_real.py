@@ -1,0 +1,81 @@
+"""edge-int8 on the real models of shared/MODELS.md, judged by task metrics
+against fp32 on real inputs. Calibration (seed 100) and evaluation (seed 7)
+inputs are disjoint. Each quantized model must pass ``onnx.checker`` full check,
+load in onnxruntime, and run its heavy ops as int8 kernels."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxpress
+from onnxpress.quant import count_int8_kernels
+from onnxpress.runtime_check import make_session
+from onnxpress.testing import realmodels as rm
+
+pytestmark = pytest.mark.real
+
+CALIB_SEED, EVAL_SEED = 100, 7
+N_CALIB = {"magika": 24, "silero_vad": 32, "ppocr_det": 8, "ppocr_rec": 24, "ddddocr": 16}
+N_EVAL = {"magika": 64, "silero_vad": 64, "ppocr_det": 8, "ppocr_rec": 48, "ddddocr": 32}
+# Int8 kernels onnxruntime must run (in its optimized graph).
+MIN_KERNELS = {
+    "magika": {"QLinearConv": 1, "QGemm": 1},
+    "silero_vad": {"QLinearConv": 6, "DynamicQuantizeLSTM": 1},
+    "ppocr_det": {"QLinearConv": 60},
+    "ppocr_rec": {"QLinearConv": 38},
+    "ddddocr": {"QLinearConv": 21, "DynamicQuantizeLSTM": 1},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(rm.MODELS))
+def quantized(request):
+    name = request.param
+    path = rm.fetch(name)
+    calib = rm.real_inputs(name, n=N_CALIB[name], seed=CALIB_SEED)
+    result = onnxpress.optimize(str(path), recipe="edge-int8", calibration=calib)
+    return name, path, result
+
+
+def _outputs(model, feeds):
+    sess = make_session(model, "enabled")
+    return [sess.run(None, f) for f in feeds]
+
+
+def test_valid_smaller_and_int8(quantized):
+    name, path, result = quantized
+    q = result.model
+    onnx.checker.check_model(q, full_check=True)
+    make_session(q, "disabled")
+    assert q.ByteSize() < 0.4 * path.stat().st_size
+    kernels = count_int8_kernels(q)
+    for op, n in MIN_KERNELS[name].items():
+        assert kernels.get(op, 0) >= n, kernels
+    original = onnx.load(str(path))
+    assert [i.name for i in q.graph.input] == [i.name for i in original.graph.input]
+    assert {p.key: p.value for p in q.metadata_props} == {p.key: p.value for p in original.metadata_props}
+
+
+def test_task_metric(quantized):
+    name, path, result = quantized
+    feeds, labels = rm.real_inputs_with_labels(name, n=N_EVAL[name], seed=EVAL_SEED)
+    ref = _outputs(onnx.load(str(path)), feeds)
+    got = _outputs(result.model, feeds)
+    if name == "magika":
+        agree = np.mean([r[0].argmax() == g[0].argmax() for r, g in zip(ref, got)])
+        assert agree >= 0.97, agree
+    elif name == "silero_vad":
+        agree = np.mean([(r[0] > 0.5) == (g[0] > 0.5) for r, g in zip(ref, got)])
+        assert agree >= 0.97, agree
+    elif name in ("ppocr_rec", "ddddocr"):
+        decode = rm.ctc_decode_ppocr if name == "ppocr_rec" else rm.ctc_decode_ddddocr
+        fp32 = np.mean([decode(path, r[0]) == y for r, y in zip(ref, labels)])
+        int8 = np.mean([decode(path, g[0]) == y for g, y in zip(got, labels)])
+        print(f"{name}: exact-string rate fp32 {fp32:.3f}, int8 {int8:.3f}")
+        assert int8 >= fp32 - 0.05, (fp32, int8)
+    elif name == "ppocr_det":
+        inter = sum(np.sum((r[0] > 0.3) & (g[0] > 0.3)) for r, g in zip(ref, got))
+        union = sum(np.sum((r[0] > 0.3) | (g[0] > 0.3)) for r, g in zip(ref, got))
+        iou = inter / union
+        print(f"ppocr_det: text-map IoU vs fp32 {iou:.3f}")
+        assert iou >= 0.9, iou
