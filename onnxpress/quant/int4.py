@@ -79,7 +79,9 @@ class LayerError:
         shape: weight shape as ``(K, N)``.
         max_abs_error: ``max |W - deq(q(W))|``.
         rel_fro_error: ``||W - deq(q(W))||_F / ||W||_F``.
-        bytes_before, bytes_after: weight bytes, and int4 codes + scales + zero points.
+        bytes_before, bytes_after: weight bytes, and int4 codes + scales + zero points
+            (0 for a weight shared with a layer listed before).
+        ref_norm: ``||W||_F``, to weight the overall error (0 for a shared weight).
     """
 
     node: str
@@ -88,6 +90,7 @@ class LayerError:
     rel_fro_error: float
     bytes_before: int
     bytes_after: int
+    ref_norm: float = 0.0
 
 
 def quantize_blockwise(
@@ -363,8 +366,8 @@ class QuantizeInt4Weights(Pass):
         if self.layers:
             stats["format_matmulnbits"] = int(fmt == "matmulnbits")
             stats["weight_max_abs_error"] = max(x.max_abs_error for x in self.layers)
-            num = sum((x.rel_fro_error * x._ref_norm) ** 2 for x in self.layers)  # type: ignore[attr-defined]
-            den = sum(x._ref_norm**2 for x in self.layers)  # type: ignore[attr-defined]
+            num = sum((x.rel_fro_error * x.ref_norm) ** 2 for x in self.layers)
+            den = sum(x.ref_norm**2 for x in self.layers)
             stats["weight_rel_fro_error"] = float(np.sqrt(num / den)) if den > 0 else 0.0
             for x in self.layers:
                 stats[f"layer.{x.node}.max_abs_error"] = x.max_abs_error
@@ -393,7 +396,9 @@ class QuantizeInt4Weights(Pass):
         ref = float(np.linalg.norm(w))
         nb = scale.shape[0]
         itemsize = info["dtype"].itemsize
-        after = (-(-info["k"] * info["n"] // 2)) + scale.size * itemsize + (0 if zp is None else -(-nb // 2) * info["n"])
+        codes_bytes = -(-info["k"] * info["n"] // 2)
+        zp_bytes = 0 if zp is None else -(-nb // 2) * info["n"]
+        after = codes_bytes + scale.size * itemsize + zp_bytes
         rec = LayerError(
             node=node.name or w_t.name,
             shape=(info["k"], info["n"]),
@@ -401,8 +406,8 @@ class QuantizeInt4Weights(Pass):
             rel_fro_error=float(np.linalg.norm(err) / ref) if ref > 0 else 0.0,
             bytes_before=int(raw.nbytes),
             bytes_after=int(after),
+            ref_norm=ref,
         )
-        rec._ref_norm = ref  # type: ignore[attr-defined]
         self.layers.append(rec)
         return q, scale, zp
 
@@ -420,7 +425,8 @@ class QuantizeInt4Weights(Pass):
             codes = q.astype(np.int16) + (8 if self.symmetric else 0)  # unsigned 0..15
             pad = nb * self.block_size - k
             if pad:  # padded codes equal the zero point: they dequantize to 0
-                fill = np.full((pad, n), 8, np.int16) if zp is None else np.broadcast_to(zp[-1:].astype(np.int16), (pad, n))
+                last_zp = np.full((1, n), 8, np.int16) if zp is None else zp[-1:].astype(np.int16)
+                fill = np.broadcast_to(last_zp, (pad, n))
                 codes = np.concatenate([codes, fill], axis=0)
             codes = codes.T.reshape(n, nb, self.block_size)
             b = gs.Constant(self._names.new(f"{base}_Q4"), _pack_nibbles(codes))
@@ -436,7 +442,8 @@ class QuantizeInt4Weights(Pass):
             beta = float(node.attrs.get("beta", 1.0))
             if beta != 1.0:
                 if isinstance(bias, gs.Constant):
-                    bias = gs.Constant(self._names.new(f"{bias.name}_beta"), (constant_array(bias) * beta).astype(dtype))
+                    scaled = (constant_array(bias) * beta).astype(dtype)
+                    bias = gs.Constant(self._names.new(f"{bias.name}_beta"), scaled)
                 else:
                     bias = self._mul_const(g, node, bias, beta, dtype)
         out = node.outputs[0]
@@ -465,9 +472,9 @@ class QuantizeInt4Weights(Pass):
 
     def _record_shared(self, node: gs.Node, first: LayerError) -> None:
         """A weight already quantized for another node: no new bytes, same error."""
-        rec = dataclasses.replace(first, node=node.name or first.node, bytes_before=0, bytes_after=0)
-        rec._ref_norm = 0.0  # type: ignore[attr-defined]
-        self.layers.append(rec)
+        self.layers.append(
+            dataclasses.replace(first, node=node.name or first.node, bytes_before=0, bytes_after=0, ref_norm=0.0)
+        )
 
     def _emit_qdq(self, g: gs.Graph, node: gs.Node, info: dict, done: dict) -> None:
         w_t = node.inputs[1]

@@ -224,3 +224,35 @@ def test_recipe_int4_weights(rng):
     feeds = _feeds(m, rng)
     got, ref = run_ort(result.model, feeds)[0], run_ort(m, feeds)[0]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.15
+
+
+def test_gemm_with_a_runtime_bias_and_beta(rng):
+    """C is a graph input: ``beta * C`` becomes a Mul feeding the bias Add."""
+    w = rng.standard_normal((128, 64)).astype(np.float32)
+    g = h.make_graph(
+        [h.make_node("Gemm", ["x", "W", "c"], ["y"], beta=0.5, name="layer")],
+        "g",
+        [h.make_tensor_value_info("x", TP.FLOAT, [3, 128]), h.make_tensor_value_info("c", TP.FLOAT, [3, 64])],
+        [h.make_tensor_value_info("y", TP.FLOAT, [3, 64])],
+        [nh.from_array(w, "W")],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    out, result, _ = run_once(m, "quantize-int4-weights", format="matmulnbits", min_elements=1)
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.op_type for n in out.graph.node] == ["Mul", "MatMulNBits", "Add"]
+    feeds = {"x": rng.standard_normal((3, 128)).astype(np.float32), "c": rng.standard_normal((3, 64)).astype(np.float32)}
+    expected = feeds["x"].astype(np.float64) @ _dequantized_from_matmulnbits(out) + 0.5 * feeds["c"]
+    np.testing.assert_allclose(run_ort(out, feeds)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_weights_are_quantized_with_fp16_scales(rng):
+    m, _ = _model(256, 64)
+    half, _, _ = run_once(m, "convert-fp16")
+    out, result, _ = run_once(half, "quantize-int4-weights", format="matmulnbits", min_elements=1)
+    node = next(n for n in out.graph.node if n.op_type == "MatMulNBits")
+    scales = next(i for i in out.graph.initializer if i.name == node.input[2])
+    assert scales.data_type == TP.FLOAT16 and result.stats["layers_quantized"] == 1
+    feeds = _feeds(m, rng)
+    got, ref = run_ort(out, feeds)[0], run_ort(m, feeds)[0]
+    assert got.dtype == np.float32
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.15
