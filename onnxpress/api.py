@@ -15,11 +15,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import onnx
 
-from .errors import UnknownPassError
+from .errors import InputNameError, UnknownPassError
 from .graph import Model, ModelLike, ModelStats, load, load_proto, model_stats, save
 from .passes import Context, PassManager, PassRecord, make_pass
 from .recipes import Recipe, load_recipe
@@ -143,10 +143,17 @@ def optimize(
     if calibration is not None:
         from .calibration import CalibrationData, open_calibration
 
+        if isinstance(calibration, Iterator):
+            calibration = list(calibration)  # a one-shot generator: passes read the data several times
         if not isinstance(calibration, CalibrationData):
             calibration = open_calibration(calibration, original)
-    before = model_stats(load(original))
-    working = Model.from_proto(original)
+        # Read every sample once now, so bad data (shape, dtype, NaN) fails before
+        # any work is done and nothing is written; one sample at a time in memory.
+        samples = sum(1 for _ in calibration)
+        if samples == 0:
+            raise InputNameError(f"calibration data {calibration.description!r} holds no samples")
+    working = load(original)
+    before = model_stats(working)
     start = time.perf_counter()
     records = PassManager(
         pass_list, max_iterations=rec.max_iterations, fixed_point=rec.fixed_point, strict=strict

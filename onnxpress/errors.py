@@ -14,6 +14,7 @@ __all__ = [
     "InputNameError",
     "PassError",
     "CheckError",
+    "ReferenceModelError",
 ]
 
 
@@ -58,3 +59,9 @@ class PassError(OnnxpressError):
 
 class CheckError(OnnxpressError):
     """A model could not be run for a check (onnxruntime refused it)."""
+
+
+class ReferenceModelError(InputError):
+    """The user's original model cannot be loaded or run by onnxruntime, so it
+    cannot serve as the reference of a check (e.g. a custom-domain op without a
+    kernel). Exit code 2: the input is at fault, not the rewrite."""

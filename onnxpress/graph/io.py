@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from ..errors import ExternalDataError, ModelLoadError
 from .model import Model
 
-__all__ = ["load", "load_proto", "save", "save_proto", "ModelLike", "PROTOBUF_LIMIT"]
+__all__ = ["check_structure", "load", "load_proto", "save", "save_proto", "ModelLike", "PROTOBUF_LIMIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,83 @@ def _load_external_data(proto: onnx.ModelProto, base_dir: Path, model_path: Path
         del tensor.external_data[:]
 
 
+def _graph_order(graph: onnx.GraphProto, outer: frozenset[str], where: str) -> bool:
+    """Check one graph (and its subgraphs) for names written twice and for cycles.
+
+    Returns:
+        True when the nodes are already in topological order.
+
+    Raises:
+        ModelLoadError: a tensor is written twice, or the nodes form a cycle.
+    """
+    available = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    writer: dict[str, int] = {}
+    for k, node in enumerate(graph.node):
+        for out in node.output:
+            if not out:
+                continue
+            if out in writer or out in {i.name for i in graph.input}:
+                raise ModelLoadError(f"{where}: invalid graph: tensor {out!r} is written twice (node {node.name or node.op_type!r})")
+            writer[out] = k
+    sorted_ = True
+    deps: list[set[int]] = []
+    for k, node in enumerate(graph.node):
+        reads = set(node.input)
+        for attr in node.attribute:  # values a subgraph reads from this scope
+            for sg in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                reads |= {i for n in sg.node for i in n.input}
+        d = {writer[r] for r in reads if r in writer and writer[r] != k}
+        if any(j > k for j in d):
+            sorted_ = False
+        deps.append(d)
+    if not sorted_:
+        indegree = [len(d) for d in deps]
+        users: dict[int, list[int]] = {}
+        for k, d in enumerate(deps):
+            for j in d:
+                users.setdefault(j, []).append(k)
+        ready = [k for k, n in enumerate(indegree) if n == 0]
+        seen = 0
+        while ready:
+            k = ready.pop()
+            seen += 1
+            for u in users.get(k, []):
+                indegree[u] -= 1
+                if indegree[u] == 0:
+                    ready.append(u)
+        if seen != len(graph.node):
+            stuck = next(k for k, n in enumerate(indegree) if n > 0)
+            node = graph.node[stuck]
+            raise ModelLoadError(f"{where}: invalid graph: the nodes form a cycle through node {node.name or node.op_type!r}")
+    visible = frozenset(available | set(writer))
+    for node in graph.node:
+        for attr in node.attribute:
+            for sg in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                sorted_ &= _graph_order(sg, visible, where)
+    return sorted_
+
+
+def check_structure(proto: onnx.ModelProto, where: str = "model") -> bool:
+    """Refuse models onnxpress cannot rewrite safely, with a one-line reason.
+
+    Returns:
+        True when every graph's nodes are in topological order (False: the IR
+        sorts them on import).
+
+    Raises:
+        ModelLoadError: an opset newer than the installed onnx knows, a tensor
+            written twice, or a cycle.
+    """
+    newest = onnx.defs.onnx_opset_version()
+    for op in proto.opset_import:
+        if op.domain in ("", "ai.onnx") and op.version > newest:
+            raise ModelLoadError(
+                f"{where}: the model uses opset {op.version}; the installed onnx {onnx.__version__} "
+                f"supports opsets up to {newest} (upgrade onnx)"
+            )
+    return _graph_order(proto.graph, frozenset(), where)
+
+
 def load(source: ModelLike) -> Model:
     """Load a model into the working IR.
 
@@ -193,7 +270,13 @@ def load(source: ModelLike) -> Model:
     """
     if isinstance(source, Model):
         return source
-    return Model.from_proto(load_proto(source))
+    proto = load_proto(source)
+    where = str(source) if not isinstance(source, onnx.ModelProto) else "model"
+    in_order = check_structure(proto, where)
+    model = Model.from_proto(proto)
+    if not in_order:
+        model.graph.toposort(recurse_subgraphs=True)
+    return model
 
 
 @contextlib.contextmanager

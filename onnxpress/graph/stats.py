@@ -49,6 +49,18 @@ class ModelStats:
         return asdict(self)
 
 
+_SUBBYTE = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4}
+
+
+def _nbytes(count: int, dtype) -> int:
+    """Bytes of ``count`` elements as ONNX stores them (4-bit types packed in pairs)."""
+    if dtype is None:
+        return 0
+    dt = np.dtype(dtype)
+    bits = _SUBBYTE.get(dt.name)
+    return (count * bits + 7) // 8 if bits else count * dt.itemsize
+
+
 def _static(tt: TensorType | None) -> tuple[int, ...] | None:
     if tt is None or tt.shape is None or any(d is None for d in tt.shape):
         return None
@@ -110,7 +122,7 @@ def model_stats(model: Model, shapes: dict[str, TensorType] | None = None) -> Mo
         seen.add(id(t))
         n = math.prod(t.shape) if t.shape is not None else 0
         stats.params += int(n)
-        stats.weight_bytes += int(n) * np.dtype(t.dtype).itemsize if t.dtype is not None else 0
+        stats.weight_bytes += _nbytes(int(n), t.dtype)
 
     for g in iter_graphs(model.graph):
         for node in g.nodes:

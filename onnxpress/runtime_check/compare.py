@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from ..errors import CheckError
+from ..errors import CheckError, ReferenceModelError
 from .inputs import Feeds, validate_feeds
 
 __all__ = ["OutputMetrics", "CheckReport", "compare", "make_session", "LEVELS"]
@@ -262,13 +262,20 @@ def compare(
         A :class:`CheckReport` with one :class:`OutputMetrics` per output and level.
 
     Raises:
-        CheckError: onnxruntime cannot load or run a model.
+        ReferenceModelError: onnxruntime cannot load or run the reference.
+        CheckError: onnxruntime cannot load or run the candidate.
         InputNameError: a feed does not fit the model's inputs.
     """
     feeds = validate_feeds(reference, list(feeds))
     report = CheckReport(atol=atol, rtol=rtol, feeds=len(feeds))
     ref_bytes, cand_bytes = reference.SerializeToString(), candidate.SerializeToString()
-    sessions = {level: (make_session(ref_bytes, level), make_session(cand_bytes, level)) for level in levels}
+    sessions = {}
+    for level in levels:
+        try:
+            ref_session = make_session(ref_bytes, level)
+        except CheckError as exc:
+            raise ReferenceModelError(f"the original model cannot serve as reference: {exc}") from exc
+        sessions[level] = (ref_session, make_session(cand_bytes, level))
     first_ref = sessions[levels[0]][0]
     names = [o.name for o in first_ref.get_outputs()]
     for level, (_, s_got) in sessions.items():
@@ -283,7 +290,7 @@ def compare(
             try:
                 ref_out = s_ref.run(None, feed)
             except Exception as exc:
-                raise CheckError(f"reference model fails to run: {str(exc).splitlines()[0]}") from exc
+                raise ReferenceModelError(f"the original model fails to run on the check's inputs: {str(exc).splitlines()[0]}") from exc
             try:
                 got_out = s_got.run(None, cand_feed)
             except Exception as exc:
