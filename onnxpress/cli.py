@@ -202,7 +202,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from .passes import registered_passes
 
     for name, cls in registered_passes().items():
-        print(f"{name:<28}{'lossless' if cls.lossless else 'lossy':<10}{cls.summary}")
+        print(f"{name:<33}{'lossless' if cls.lossless else 'lossy':<10}{cls.summary}")
     return 0
 
 
