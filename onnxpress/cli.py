@@ -82,13 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dims(items: Sequence[str]) -> dict[str, int]:
+def _dims(items: Sequence[str], model=None) -> dict[str, int]:
     out = {}
     for item in items:
         name, _, size = item.partition("=")
         if not size.isdigit():
             raise InputError(f"--dim {item!r}: expected NAME=SIZE")
         out[name] = int(size)
+    if model is not None and out:
+        from .runtime_check import input_specs
+
+        known = {d for spec in input_specs(model) for d in (spec.shape or ()) if isinstance(d, str)}
+        for name in out:
+            if name not in known:
+                raise InputError(
+                    f"--dim {name}: the model has no symbolic dimension {name!r}; "
+                    f"its symbolic dimensions are {', '.join(sorted(known)) or 'none'}"
+                )
     return out
 
 
@@ -105,7 +115,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     original = load_proto(src)
     feeds = None
     if not args.no_check:
-        feeds = load_feeds(args.data) if args.data else random_feeds(original, n=2, dim_sizes=_dims(args.dim))
+        feeds = load_feeds(args.data) if args.data else random_feeds(original, n=2, dim_sizes=_dims(args.dim, original))
         feeds = validate_feeds(original, feeds)
     calibration = None
     if args.calib:
@@ -142,7 +152,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"{'params':<12}{b.params:>14,}{a.params:>14,}")
     print(f"{'MACs':<12}{b.macs:>14,}{a.macs:>14,}")
     print(f"{'file size':<12}{_human(in_size):>14}{_human(out_size):>14}")
-    print(f"time: {wall:.2f} s ({result.recipe.name if result.recipe else 'passes'})")
+    print(f"time: {wall:.2f} s ({'passes ' + args.passes if args.passes else 'recipe ' + result.recipe.name})")
     print(result.pass_summary())
     if report is not None:
         print(report.to_table())
@@ -182,16 +192,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .api import inspect
+    from .graph import load, load_proto, model_stats
+    from .runtime_check import input_specs
 
-    stats = inspect(args.model)
+    proto = load_proto(args.model)
+    stats = model_stats(load(proto))
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
         return 0
     size = Path(args.model).stat().st_size
+    symbolic = any(not isinstance(d, int) for spec in input_specs(proto) for d in (spec.shape or ()))
     print(f"{args.model}: {stats.nodes:,} nodes, {stats.params:,} parameters, "
           f"{_human(stats.weight_bytes)} of weights, file {_human(size)}")
-    print(f"MACs: {stats.macs:,}" + (f" ({stats.macs_unknown_nodes} nodes of unknown shape)" if stats.macs_unknown_nodes else ""))
+    print(
+        f"MACs: {stats.macs:,}"
+        + (" (each symbolic dimension counted as 1)" if symbolic else "")
+        + (f" ({stats.macs_unknown_nodes} nodes of unknown shape)" if stats.macs_unknown_nodes else "")
+    )
     print("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in stats.opsets.items()))
     for op, n in stats.op_types.items():
         print(f"  {op:<28}{n:>6}")
@@ -249,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, CheckError, OnnxpressError, OSError) as exc:
         if args.verbose:
             raise
+        if isinstance(exc, BrokenPipeError):  # output piped into e.g. head
+            return 0
         if isinstance(exc, OSError):
             print(f"onnxpress: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
             return 2

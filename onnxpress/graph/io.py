@@ -8,6 +8,7 @@ renames them into place, so a failure never leaves a partial model; models over
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -284,6 +285,8 @@ def _staging(path: Path):
     """A temporary folder beside ``path`` for files renamed into place on
     success; whatever is left in it (a failed write) is removed."""
     folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the output folder does not exist", str(path))
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
     try:
         yield folder, tmpdir

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
-from ..errors import PassError, UnknownPassError
+from ..errors import InputError, PassError, UnknownPassError
 from ..graph import Model, NameGenerator, TensorType, infer_shapes
 
 __all__ = [
@@ -215,8 +215,8 @@ class PassManager:
                 start = time.perf_counter()
                 try:
                     result = p.run(model, ctx)
-                except PassError:
-                    raise
+                except (PassError, InputError):
+                    raise  # a user error inside a pass (e.g. no calibration data) keeps its type
                 except Exception as exc:
                     raise PassError(p.name, f"{type(exc).__name__}: {exc}") from exc
                 seconds = time.perf_counter() - start

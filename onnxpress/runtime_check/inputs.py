@@ -166,5 +166,6 @@ def load_feeds(path: str | os.PathLike) -> list[Feeds]:
             with np.load(f, allow_pickle=False) as z:
                 feeds.append({k: z[k] for k in z.files})
         except Exception as exc:
-            raise ModelLoadError(f"{f}: not a readable .npz ({exc})") from None
+            reason = "not a NumPy .npz archive" if "pickle" in str(exc) or "zip" in str(exc).lower() else str(exc)
+            raise ModelLoadError(f"{f}: not a readable .npz file ({reason})") from None
     return feeds
