@@ -113,3 +113,14 @@ def test_failed_check_exits_1_and_does_not_write(tmp_path, capsys):
     onnx.save(b, tmp_path / "b.onnx")
     assert main(["check", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_demo_runs_every_recipe_and_keeps_accuracy(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("original (", "lossless  ", "edge-int8  "))}
+    assert set(rows) == {"original", "lossless", "edge-int8"}
+    fp32_acc = float(rows["original"][-1])
+    assert float(rows["lossless"][-1]) == fp32_acc
+    assert float(rows["edge-int8"][-1]) >= fp32_acc - 0.01  # int8 within 1 point
+    assert float(rows["edge-int8"][3]) < 0.35  # x size: int8 weights

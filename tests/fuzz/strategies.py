@@ -944,8 +944,9 @@ class _Builder:
                     name = sub.fresh("bconst")
                     sub.nodes.append(h.make_node("Constant", [], [name], name=sub.fresh("nConstant"), value=nh.from_array(arr, sub.fresh("t"))))
                     v = sub.val(name, F32, t.dims, True, 1.0, pool=False)
-                elif v.name not in sub.local:
-                    # onnxruntime rejects a branch returning an outer value directly
+                elif v.name not in sub.local or any(o.name == v.name for o in outs):
+                    # onnxruntime rejects a branch returning an outer value directly,
+                    # and fails on one value returned twice
                     name = sub.node("Identity", [v.name], prefix="bout")[0]
                     v = sub.val(name, F32, v.dims, v.exact, v.mag, pool=False)
                 outs.append(v)
