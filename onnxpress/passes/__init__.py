@@ -27,6 +27,7 @@ from . import (  # noqa: F401  (importing registers the passes)
     simplify_reshape,
 )
 from .. import quant  # noqa: F401,E402  (registers convert-fp16, quantize-int4-weights)
+from .. import prune  # noqa: F401,E402  (registers the pruning and distillation passes)
 
 __all__ = [
     "Context",

@@ -80,6 +80,7 @@ from .config import (
     SAME_SCALE_OPS,
     QuantConfig,
 )
+from .sensitivity import parse_budget
 from .ranges import (
     MIN_SCALE,
     activation_qparams,
@@ -178,6 +179,23 @@ class QuantizeInt8(Pass):
     activation dtype and ``weight_bits=0`` choose per ``ctx.target``
     (:meth:`QuantConfig.for_target`). ``calibration_limit`` caps the calibration
     samples read.
+
+    Sensitivity (:mod:`onnxpress.quant.sensitivity`), on the first
+    ``sensitivity_samples`` calibration samples:
+
+    * ``sensitivity``: rank the quantized compute layers by their contribution to
+      the output error and log the table (INFO); also done whenever a budget is set.
+    * ``max_error``: ``"snr:DB"`` and/or ``"cosine:C"`` the model's outputs must
+      reach against fp32; ``metric`` (``"module:function"`` taking
+      ``(fp32_outputs, int8_outputs)``, higher is better) with ``min_metric``.
+      The most sensitive layers are kept float, greedily, until the written model
+      meets the budget, at most ``max_float_fraction`` of the compute layers
+      (a WARNING when that is not enough).
+
+    Stats: ``sensitivity_layers`` (ranked), ``sensitivity_kept_float``,
+    ``sensitivity_snr_db``/``sensitivity_cosine`` (and ``sensitivity_metric``) of
+    the written model on those samples, ``sensitivity_budget_met``. The ranking is
+    kept in :attr:`sensitivity_table` and the kept layers in :attr:`report`.
     """
 
     name = "quantize-int8"
@@ -199,6 +217,12 @@ class QuantizeInt8(Pass):
     equalize: bool = True
     calibration_limit: int = 64
     histogram_bins: int = 2048
+    sensitivity: bool = False
+    max_error: str = ""
+    metric: str = ""
+    min_metric: float | None = None
+    sensitivity_samples: int = 8
+    max_float_fraction: float = 0.25
 
     # ------------------------------------------------------------ config
     def config(self, target: str = "cpu") -> QuantConfig:
@@ -231,6 +255,9 @@ class QuantizeInt8(Pass):
         cfg = self.config(ctx.target or "cpu")
         self._cfg = cfg
         self.report: list[tuple[str, str, str]] = []  # (node, op, why kept float)
+        self.sensitivity_table: list[dict[str, Any]] = []
+        self._act_dq: dict[str, str] = {}
+        self._weight_dq: dict[str, tuple[str, np.ndarray]] = {}
         bytes_before = _weight_bytes(model)
         converted = 0
         if model.opset < 13:
@@ -240,6 +267,7 @@ class QuantizeInt8(Pass):
             stats = self._quantize(model, ctx)
         finally:
             del self._cfg
+            self._act_dq, self._weight_dq = {}, {}
         stats["opset_converted"] = converted
         stats["bytes_before"] = bytes_before
         stats["bytes_after"] = _weight_bytes(model)
@@ -272,6 +300,10 @@ class QuantizeInt8(Pass):
         equalized = self._equalize(graphs) if self.equalize else 0
         if fused:
             self._types = infer_shapes(model)
+        budget = parse_budget(self.max_error, self.metric or None, self.min_metric)
+        analyse = bool(self.sensitivity or budget.active)
+        if analyse:
+            _name_compute_nodes(model, graphs, self.names(model))
         proto = model.to_proto()
         self._capturable = set(capturable_tensors(proto))
         excluded: dict[int, str] = {}
@@ -291,20 +323,166 @@ class QuantizeInt8(Pass):
                 data = _Limited(data, self.calibration_limit)
             captured = capture(proto, wanted, data, collectors, progress=False, desc="quantize-int8")
             stats_by_name = {k: v[0] for k, v in captured.items()}
-        del proto
         # Tensors the data never reached (an If branch not taken) keep their nodes float.
         empty = {n for n in wanted if _empty(stats_by_name.get(n))}
+        plan = self._drop_unreached(graphs, plan, excluded, empty)
+
+        sens_stats: dict[str, int | float] = {}
+        if analyse and plan.qnodes:
+            kept, sens_stats = self._sensitivity(proto, stats_by_name, empty, ctx, budget)
+            if kept:
+                self._cfg = cfg = cfg.replace(exclude_nodes=tuple(cfg.exclude_nodes) + tuple(kept))
+                plan = self._drop_unreached(graphs, self._classify(graphs, excluded), excluded, empty)
+                by_name = {n.name: n for g in graphs for n in g.nodes}
+                for name in kept:
+                    excluded[id(by_name[name])] = "kept float by sensitivity"
+        del proto
+
+        qparams = self._qparams(plan, stats_by_name)
+        stats = self._rewrite(graphs, plan, qparams, excluded)
+        stats.update(sens_stats)
+        stats["matmul_add_to_gemm"] = fused
+        stats["equalized_pairs"] = equalized
+        return stats
+
+    def _drop_unreached(self, graphs, plan: _Plan, excluded: dict[int, str], empty: set[str]) -> _Plan:
         while empty & set(plan.qtensors):
             for name in empty & set(plan.qtensors):
                 for nid in plan.touch.get(name, ()):
                     excluded[nid] = "no calibration data reached it"
             plan = self._classify(graphs, excluded)
+        return plan
 
-        qparams = self._qparams(plan, stats_by_name)
-        stats = self._rewrite(graphs, plan, qparams, excluded)
-        stats["matmul_add_to_gemm"] = fused
-        stats["equalized_pairs"] = equalized
-        return stats
+    # -------------------------------------------------------- sensitivity
+    def _trial(self, base: onnx.ModelProto, stats_by_name, empty: set[str], exclude: Iterable[str]):
+        """Quantize a copy of ``base`` (the float model after the pre-quantization
+        rewrites) with ``exclude`` kept float, from the captured statistics.
+
+        Returns:
+            ``(qdq proto, GateSpec)``.
+        """
+        from .sensitivity import GateSpec
+
+        saved = (self._cfg, self._model, self._graph_of, self._graph_outputs, self.report, self._act_dq, self._weight_dq, getattr(self, "_excluded_final", None))
+        try:
+            m = Model.from_proto(base)
+            self._cfg = self._cfg.replace(exclude_nodes=tuple(self._cfg.exclude_nodes) + tuple(exclude))
+            self._model, self.report, self._act_dq, self._weight_dq = m, [], {}, {}
+            graphs = list(iter_graphs(m.graph, functions=False))
+            self._graph_of = {id(n): g for g in graphs for n in g.nodes}
+            self._graph_outputs = {id(t) for g in graphs for t in g.outputs}
+            excluded: dict[int, str] = {}
+            plan = self._drop_unreached(graphs, self._classify(graphs, excluded), excluded, empty)
+            qparams = self._qparams(plan, stats_by_name)
+            key: dict[int, str] = {}
+            units, ops, optional = [], {}, {}
+            for g in graphs:
+                for node in g.nodes:
+                    kind = plan.qnodes.get(id(node))
+                    if kind is None:
+                        continue
+                    if kind == "compute":
+                        key[id(node)] = node.name
+                        units.append(node.name)
+                        ops[node.name] = node.op
+                    else:
+                        key[id(node)] = f"#optional{len(optional)}"
+                        optional[key[id(node)]] = [t.name for t in self._act_inputs(node, kind)]
+            touch = {t: [key[i] for i in ids if i in key] for t, ids in plan.touch.items() if t in plan.qtensors}
+            self._rewrite(graphs, plan, qparams, excluded)
+            spec = GateSpec(dict(self._act_dq), dict(self._weight_dq), units, ops, touch, optional)
+            return m.to_proto(), spec
+        finally:
+            (self._cfg, self._model, self._graph_of, self._graph_outputs, self.report, self._act_dq, self._weight_dq, ef) = saved
+            if ef is not None:
+                self._excluded_final = ef
+
+    def _sensitivity(self, base: onnx.ModelProto, stats_by_name, empty: set[str], ctx: Context, budget) -> tuple[list[str], dict[str, int | float]]:
+        """Rank the compute QNodes, and choose those to keep float for ``budget``
+        (see :mod:`onnxpress.quant.sensitivity`)."""
+        import time
+
+        from ..runtime_check import make_session
+        from .sensitivity import format_table, gated_model, noise_ratio, output_error, run_gated
+
+        start = time.perf_counter()
+        feeds = [dict(f) for f in itertools.islice(iter(ctx.calibration), max(1, int(self.sensitivity_samples)))]
+        ref_sess = make_session(base, "enabled")
+        ref = [ref_sess.run(None, f) for f in feeds]
+        del ref_sess
+        q_full, spec = self._trial(base, stats_by_name, empty, ())
+        units = spec.units
+        gm, gate_names = gated_model(q_full, spec)
+        sess = make_session(gm, "disabled")
+        del gm
+        t_setup = time.perf_counter() - start
+        base_snr = output_error(ref, run_gated(sess, feeds, gate_names, spec.gates(())))[0]
+        all_snr, all_cos = output_error(ref, run_gated(sess, feeds, gate_names, spec.gates(units)))
+        base_noise = noise_ratio(base_snr)
+        logger.info(
+            "quantize-int8: simulated output SNR %.1f dB with nothing quantized (what is quantized anyway), "
+            "%.1f dB (cosine %.5f) with every layer quantized; setup %.1f s",
+            base_snr, all_snr, all_cos, t_setup,
+        )
+        rows = []
+        for u in units:
+            snr_u, cos_u = output_error(ref, run_gated(sess, feeds, gate_names, spec.gates([u])))
+            contrib = max(noise_ratio(snr_u) - base_noise, 0.0)
+            rows.append({"node": u, "op": spec.ops[u], "snr_db": snr_u, "cosine": cos_u, "noise": contrib})
+        rows.sort(key=lambda r: -r["noise"])
+        total = sum(r["noise"] for r in rows if np.isfinite(r["noise"])) or 1.0
+        for r in rows:
+            r["share"] = r["noise"] / total if np.isfinite(r["noise"]) else 1.0
+        self.sensitivity_table = rows
+        logger.info(
+            "quantize-int8: sensitivity of %d quantized layers on %d calibration samples "
+            "(output SNR with only that layer quantized, share of the summed noise):\n%s",
+            len(rows), len(feeds), format_table(rows),
+        )
+        stats: dict[str, int | float] = {"sensitivity_layers": len(rows)}
+        kept: list[str] = []
+        if budget.active:
+            order = [r["node"] for r in rows]
+            cap = max(0, min(len(order), int(np.floor(self.max_float_fraction * len(order)))))
+            all_units = set(units)
+
+            def judge(outs) -> tuple[bool, float, float, float | None]:
+                snr, cos = output_error(ref, outs)
+                mv = float(budget.metric(ref, outs)) if budget.metric is not None else None
+                return budget.met(snr, cos, mv), snr, cos, mv
+
+            # Greedy on the simulated (gated) model: cheap, one run per sample and step.
+            while len(kept) < cap and not judge(run_gated(sess, feeds, gate_names, spec.gates(all_units - set(kept))))[0]:
+                kept.append(order[len(kept)])
+            # Then the written model, in onnxruntime with its int8 kernels.
+            while True:
+                q, _ = self._trial(base, stats_by_name, empty, kept) if kept else (q_full, spec)
+                qs = make_session(q, "enabled")
+                ok, snr, cos, mv = judge([qs.run(None, f) for f in feeds])
+                if ok or len(kept) >= cap:
+                    break
+                kept.append(order[len(kept)])
+            if not ok:
+                logger.warning(
+                    "quantize-int8: the budget (%s) is not met with %d of %d layers kept float "
+                    "(max_float_fraction=%g): output SNR %.1f dB, cosine %.5f%s",
+                    budget.describe(), len(kept), len(order), self.max_float_fraction, snr, cos,
+                    "" if mv is None else f", metric {mv:.4g}",
+                )
+            logger.info(
+                "quantize-int8: budget %s: %d layer(s) kept float %s; output SNR %.1f dB, cosine %.6f%s on calibration data",
+                budget.describe(), len(kept), kept, snr, cos, "" if mv is None else f", metric {mv:.4g}",
+            )
+            stats.update(
+                sensitivity_kept_float=len(kept),
+                sensitivity_snr_db=float(min(snr, 999.0)),
+                sensitivity_cosine=float(cos),
+                sensitivity_budget_met=int(ok),
+            )
+            if mv is not None:
+                stats["sensitivity_metric"] = mv
+        stats["sensitivity_seconds"] = time.perf_counter() - start
+        return kept, stats
 
     def _matmul_add_to_gemm(self, graphs: list[gs.Graph]) -> int:
         """``MatMul(x [M, K], W [K, N])`` + ``Add(bias [N] or [1, N])`` -> ``Gemm``.
@@ -661,6 +839,7 @@ class QuantizeInt8(Pass):
             q_out = gs.Variable(names.new(f"{name}_quantized"), dtype=z.values.dtype, shape=src.shape)
             qn = gs.Node("QuantizeLinear", names.new(f"{name}_QuantizeLinear"), inputs=[src, s, z], outputs=[q_out])
             dqn = gs.Node("DequantizeLinear", names.new(f"{name}_DequantizeLinear"), inputs=[q_out, s, z], outputs=[dst])
+            self._act_dq[dqn.name] = name
             if dom:
                 qn.domain = dqn.domain = dom
             return [qn, dqn]
@@ -747,7 +926,7 @@ class QuantizeInt8(Pass):
                 if model.is_constant(w_t):
                     w = constant_array(w_t)
                     axis = weight_axis(node, w) if (i == 1 and cfg.per_channel) else None
-                    node.inputs[i] = self._dq_weight(w_t, w, axis, None, names, head, cache, wqmin, wqmax)
+                    node.inputs[i] = self._dq_weight(w_t, w, axis, None, names, head, cache, wqmin, wqmax, node.name)
             return
         w_t = node.inputs[1]
         if not model.is_constant(w_t):
@@ -788,7 +967,7 @@ class QuantizeInt8(Pass):
                     logger.debug("quantize-int8: %s: raising %d weight scales for the int32 bias", node.name, int(np.sum(need_c > scale)))
                     scale = np.maximum(scale, (need_c * 1.001).astype(np.float32))
             del per_out
-        node.inputs[1] = self._dq_weight(w_t, w, axis, scale, names, head, cache, wqmin, wqmax)
+        node.inputs[1] = self._dq_weight(w_t, w, axis, scale, names, head, cache, wqmin, wqmax, node.name)
         if bias is not None and x_scale is not None:
             bscale = (np.tile(scale, group) if group > 1 and axis is not None else scale).astype(np.float64) * x_scale
             if axis is None:
@@ -804,7 +983,7 @@ class QuantizeInt8(Pass):
             )
             node.inputs[2] = out
 
-    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax) -> gs.Variable:
+    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax, owner: str = "") -> gs.Variable:
         if scale is None:
             scale = weight_scales(w, axis, wqmax)
         key = (id(w_t), axis, np.asarray(scale).tobytes(), id(head))
@@ -816,7 +995,9 @@ class QuantizeInt8(Pass):
         z_t = gs.Constant(names.new(f"{w_t.name}_zero_point"), np.zeros(np.shape(scale), np.int8))
         out = gs.Variable(names.new(f"{w_t.name}_dequantized"), dtype=np.float32, shape=list(w.shape))
         attrs = {"axis": int(axis)} if axis is not None else {}
-        head.append(gs.Node("DequantizeLinear", names.new(f"{w_t.name}_DequantizeLinear"), attrs=attrs, inputs=[q_t, s_t, z_t], outputs=[out]))
+        dq = gs.Node("DequantizeLinear", names.new(f"{w_t.name}_DequantizeLinear"), attrs=attrs, inputs=[q_t, s_t, z_t], outputs=[out])
+        head.append(dq)
+        self._weight_dq[dq.name] = (owner, w)
         cache[key] = out
         return out
 
@@ -906,6 +1087,16 @@ def _collector_range(c: Any, method: str, percentile: float, qmin: int, qmax: in
     if edges[-1] <= edges[0]:
         return min(lo, 0.0), max(hi, 0.0)
     return range_from_histogram(method, edges, counts, percentile=percentile, qmin=qmin, qmax=qmax, symmetric=symmetric)
+
+
+def _name_compute_nodes(model: Model, graphs: list[gs.Graph], names) -> None:
+    """Give every compute node a unique name (``exclude_nodes`` works by name)."""
+    seen: set[str] = set()
+    for g in graphs:
+        for node in g.nodes:
+            if node.op in COMPUTE_OPS and (not node.name or node.name in seen):
+                node.name = names.new(node.name or node.op)
+            seen.add(node.name)
 
 
 def _np_dtype(name: str) -> type:

@@ -10,7 +10,10 @@ A recipe file (read with :mod:`tomllib`) has:
 * a ``[calibration]`` table: ``required`` (bool: the recipe cannot run without
   calibration data) and ``limit`` (int: use at most this many samples);
 * a ``[check]`` table: ``rtol`` and ``atol``, the default tolerances of the
-  check after optimizing.
+  check after optimizing, and optionally ``min_snr_db``, ``min_cosine``,
+  ``min_top1``; per output name, a ``[check.outputs.NAME]`` table with the
+  same keys overrides them for that output (see
+  :class:`onnxpress.runtime_check.Tolerance`).
 
 :func:`load_recipe` takes a built-in name (``onnxpress recipes`` lists them) or a
 path to a user's ``.toml``; :func:`parse_recipe` takes TOML text. An unknown key,
@@ -42,7 +45,8 @@ __all__ = ["Recipe", "builtin_recipes", "key_lines", "load_recipe", "parse_recip
 _TOP_KEYS = {"name", "description", "pipeline", "passes", "calibration", "check"}
 _PIPELINE_KEYS = {"fixed_point", "max_iterations"}
 _CALIBRATION_KEYS = {"required", "limit"}
-_CHECK_KEYS = {"rtol", "atol"}
+_CHECK_KEYS = {"rtol", "atol", "min_snr_db", "min_cosine", "min_top1", "outputs"}
+_OUTPUT_CHECK_KEYS = {"rtol", "atol", "min_snr_db", "min_cosine", "min_top1"}
 
 
 @dataclass
@@ -59,6 +63,9 @@ class Recipe:
         calibration_required: the recipe's passes need calibration data.
         calibration_limit: use at most this many calibration samples (None: all).
         text: the TOML text the recipe was parsed from.
+        check_options: the criterion keys the ``[check]`` table sets (laid over
+            the default criterion of the candidate's kind by the check).
+        check_outputs: ``[check.outputs.NAME]`` tables: criterion keys per output.
     """
 
     name: str
@@ -72,6 +79,8 @@ class Recipe:
     calibration_required: bool = False
     calibration_limit: int | None = None
     text: str = ""
+    check_options: dict[str, float] = field(default_factory=dict)
+    check_outputs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
@@ -243,6 +252,18 @@ def parse_recipe(text: str, source: str = "recipe", default_name: str = "") -> R
     check = _table(data, "check", where)
     for key in check:
         _unknown([key], _CHECK_KEYS, where(("check",), key=key), "[check]")
+    check_outputs: dict[str, dict[str, float]] = {}
+    for out_name, table in _table(check, "outputs", where).items():
+        at = where(("check", "outputs", out_name))
+        if not isinstance(table, dict):
+            raise UnknownPassError(f"{at}: [check.outputs.{out_name}] must be a table")
+        _unknown(table, _OUTPUT_CHECK_KEYS, at, f"[check.outputs.{out_name}]")
+        check_outputs[out_name] = {
+            k: float(_typed(v, (int, float), k, where(("check", "outputs", out_name), key=k))) for k, v in table.items()
+        }
+    check_options = {
+        k: float(_typed(v, (int, float), k, where(("check",), key=k))) for k, v in check.items() if k != "outputs"
+    }
     entries = data.get("passes", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise UnknownPassError(f"{where(key='passes')}: 'passes' must be an array of tables ([[passes]])")
@@ -282,6 +303,8 @@ def parse_recipe(text: str, source: str = "recipe", default_name: str = "") -> R
         ),
         calibration_limit=limit,
         text=text,
+        check_options=check_options,
+        check_outputs=check_outputs,
     )
 
 

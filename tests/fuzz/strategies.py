@@ -122,6 +122,7 @@ class Val:
     exact: bool = True  # no BN-foldable linear layer upstream (see the module docstring)
     mag: float = 1.0  # rough typical magnitude
     uses: int = 0
+    capturable: bool = True  # may be read by a subgraph (see _Builder.op_cast)
 
     @property
     def rank(self) -> int:
@@ -196,7 +197,8 @@ class _Builder:
         self.depth = 0 if parent is None else parent.depth + 1
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = root.inits if parent is None else []
-        self.pool: list[Val] = list(parent.pool) if parent else []  # float32 activations
+        # float32 activations; outer ones as captures
+        self.pool: list[Val] = [v for v in parent.pool if v.capturable] if parent else []
         self.others: list[Val] = list(parent.others) if parent else []  # other dtypes
         self.local: set[str] = set()
         self.consts: list[tuple[np.ndarray, str]] = []  # constants visible here (and below)
@@ -350,8 +352,13 @@ class _Builder:
         return None
 
     def weight(self, shape, fan_in: int) -> str:
-        w = self.rng.standard_normal(shape) / math.sqrt(max(1, fan_in))
-        return self.const(w.astype(np.float32))
+        w = (self.rng.standard_normal(shape) / math.sqrt(max(1, fan_in))).astype(np.float32)
+        if self.chance(0.6):  # most exported weights are initializers
+            name = self.fresh("w")
+            self.inits.append(nh.from_array(w, name))
+            self.consts.append((w, name))
+            return name
+        return self.const(w)
 
     def ints(self, values) -> str:
         return self.const(np.array(values, dtype=np.int64))
@@ -461,7 +468,7 @@ class _Builder:
         b = [int(np.prod(x.shape(k)[axis:], dtype=np.int64)) for k in range(SIZES)]
         d0 = ddim(a, x.dims[0] if axis == 1 else None)
         d1 = ddim(b, x.dims[-1] if axis == x.rank - 1 else None)
-        attr = axis - x.rank if (axis > 0 and self.chance(0.3)) else axis
+        attr = axis - x.rank if (0 < axis < x.rank and self.chance(0.3)) else axis
         y = self.node("Flatten", [x.name], axis=attr)[0]
         self.val(y, F32, (d0, d1), x.exact, x.mag)
         return True
@@ -688,7 +695,13 @@ class _Builder:
             cur = self.node("Cast", [cur], to=to)[0]
             if to != F32:
                 self.val(cur, to, x.dims, x.exact, x.mag)
-        self.val(cur, F32, x.dims, x.exact, x.mag)
+        v = self.val(cur, F32, x.dims, x.exact, x.mag)
+        # onnxruntime 1.32 bug: the output of Cast(Cast(x, f64), f32) read inside an
+        # If branch arrives there as null ("Missing Input" / "Trying to get a
+        # TensorSeq, but got: (null)"), even with graph optimizations disabled:
+        # its RemoveDuplicateCastTransformer drops the pair without rewiring the
+        # subgraph's implicit input. Keep such values out of subgraphs.
+        v.capturable = kind != "f64"
         return True
 
     def op_shape_scale(self) -> bool:
@@ -840,8 +853,7 @@ class _Builder:
         rows = x.dims[1] if trans_a else x.dims[0]
         m = self.choice([1, 3, 4, 8, 16, 20])
         trans_b = self.chance(0.5)
-        w = (self.rng.standard_normal((k, m)) / math.sqrt(k)).astype(np.float32)
-        inputs = [x.name, self.const(np.ascontiguousarray(w.T) if trans_b else w)]
+        inputs = [x.name, self.weight((m, k) if trans_b else (k, m), k)]
         cform = self.choice(["none", "vec", "row", "scalar"] + (["full"] if rows.static else []))
         if cform != "none":
             shape = {"vec": (m,), "row": (1, m), "scalar": (), "full": (rows.value, m) if rows.static else ()}[cform]
@@ -916,6 +928,7 @@ class _Builder:
             self.local.add(o)
             self.produced[o] = node
             new.append(self.val(o, v.dtype, v.dims, v.exact, v.mag))
+            new[-1].capturable = v.capturable
         first, orig = new[0], self.root.vals[src.output[0]]
         if first.dtype == F32 and self.chance(0.5):
             op = self.choice(["Add", "Sub", "Mul"]) if first.mag <= 7 else self.choice(["Add", "Sub"])

@@ -142,7 +142,7 @@ def test_range_methods_clip_outliers():
     counts, edges = np.histogram(x, bins=2048)
     lo, hi = percentile_range(edges, counts, 99.9)
     assert 2.5 < hi < 4.5 and -4.5 < lo < -2.5
-    lo, hi = entropy_range(edges, counts, levels=128)
+    lo, hi = entropy_range(edges, counts, -128, 127)
     assert hi < 20 and lo > -20
     # MSE keeps a lone outlier among 200k values (its clipping error would cost more
     # than the coarser rounding), but clips a long thin tail.

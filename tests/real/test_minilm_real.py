@@ -41,7 +41,9 @@ def fp32(path):
 
 @pytest.fixture(scope="module")
 def weights():
-    return minilm.read_safetensors(minilm.fetch_minilm_files()["weights"])
+    """The safetensors float tensors, as float64 for the reference."""
+    w = minilm.read_safetensors(minilm.fetch_minilm_files()["weights"])
+    return {k: v.astype(np.float64) for k, v in w.items() if v.dtype == np.float32}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,8 @@ def _erf(x):
     return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
-def reference_forward(w: dict, input_ids, attention_mask, token_type_ids):
+def reference_forward(W: dict, input_ids, attention_mask, token_type_ids):
     """float64 forward pass: (last_hidden_state [B,S,384], sentence_embedding [B,384])."""
-    W = {k: v.astype(np.float64) for k, v in w.items() if v.dtype == np.float32}
     B, S = input_ids.shape
     x = (
         W["embeddings.word_embeddings.weight"][input_ids]
@@ -80,8 +81,9 @@ def reference_forward(w: dict, input_ids, attention_mask, token_type_ids):
     for i in range(6):
         p = f"encoder.layer.{i}."
 
-        def lin(name, t):
-            return t @ W[p + name + ".weight"].T + W[p + name + ".bias"]
+        def lin(name, t):  # 2-D matmul: numpy runs 3-D @ transposed weights without BLAS
+            w = W[p + name + ".weight"]
+            return (t.reshape(-1, t.shape[-1]) @ w.T).reshape(*t.shape[:-1], w.shape[0]) + W[p + name + ".bias"]
 
         def heads(t):
             return t.reshape(B, S, nh, hd).transpose(0, 2, 1, 3)
@@ -150,7 +152,7 @@ def test_matches_numpy_reference(fp32, weights, eval_set):
     sess = make_session(fp32, "disabled")
     feeds, _ = eval_set
     worst_h = worst_e = 0.0
-    for feed in feeds[:8]:
+    for feed in feeds[:5]:  # batches of 1..4 sentences, padded
         h, e = sess.run(None, feed)
         rh, re_ = reference_forward(weights, **feed)
         assert h.shape == rh.shape and e.shape == re_.shape
@@ -212,7 +214,9 @@ def test_real_inputs_are_tokenized_sentences(eval_set):
 
 
 def test_lossless_keeps_outputs_and_removes_nodes(path, fp32, eval_set):
-    result = onnxpress.optimize(str(path), recipe="lossless", strict=True)
+    # Not strict=True: validating the 90 MB model after every pass costs ~10x the
+    # optimization itself; the result gets the full check below.
+    result = onnxpress.optimize(str(path), recipe="lossless")
     assert result.after.nodes < result.before.nodes
     print(f"lossless: {result.before.nodes} -> {result.after.nodes} nodes")
     onnx.checker.check_model(result.model, full_check=True)

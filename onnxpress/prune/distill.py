@@ -1,0 +1,877 @@
+"""Teacher-student reconstruction on calibration data: pass ``distill``.
+
+The teacher is the original model (``ctx.teacher``), the student the model
+being compressed. For every *compressed* linear layer of the student (a
+Conv, Gemm or MatMul; see :mod:`onnxpress.prune._layers`) the pass refits its
+weight and bias so that, fed with the student's own input, the layer
+reproduces the teacher's output of the same tensor (He et al., "Channel
+Pruning for Accelerating Very Deep Neural Networks", ICCV 2017: least-squares
+reconstruction of the next layer's output). Compressed layers are
+
+* consumers of channels removed by ``prune-channels``
+  (``ctx.options["pruned_layers"]``) and second factors of ``factorize-lowrank``
+  (``ctx.options["lowrank_layers"]``);
+* sparse layers (``ctx.options["sparse_layers"]``, or >= 1% exact zeros): the
+  zeros stay zero, the kept weights of each output row are solved on their
+  own inputs;
+* quantized layers (weight = ``DequantizeLinear`` of int8): MatMul/Gemm get
+  GPTQ rounding (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+  Generative Pre-trained Transformers", 2022): the float target weight is
+  rounded one input feature at a time, each rounding error compensated on
+  the features not yet rounded through the inverse input Hessian ``(X^T X)^-1``,
+  with the layer's own scales, zero points and integer range; the bias,
+  solved as the last (unquantized) feature, absorbs the rest. Conv layers get
+  empirical bias correction (Nagel et al., "Data-Free Quantization Through
+  Weight Equalization and Bias Correction", ICCV 2019): ``b -= E[y_student -
+  y_teacher]`` per channel, i.e. ``E[(W_q - W) x]`` plus the upstream error.
+  An output channel whose student/teacher gain is off by more than 5% (the
+  quantizer's cross-layer equalization rescales channels on purpose) is
+  compared to the teacher's output times that gain.
+
+Streaming: statistics are accumulated sample by sample (never all
+activations): for a refit layer the Gram matrix of its input features with a
+constant 1 column, ``A^T A`` (``[groups, D+1, D+1]``, float64), the cross term
+``A^T Y_t`` with the teacher's output, and ``sum(Y_t^2)``; for bias correction
+and error reports, per-channel sums of student and teacher outputs and their
+products. The teacher runs in its own onnxruntime session, one sample ahead of
+the student's :func:`~onnxpress.calibration.capture` run, so only one
+sample's activations are held. Conv features are im2col patches (any kernel,
+stride, dilation, padding; grouped convs solve each group); a layer with more
+than ``max_features`` features per group is not refit (reported).
+
+The solve is ridge regression pulled toward the current weight ``W0``:
+``(A^T A + lambda I) W = A^T Y + lambda W0`` with ``lambda = ridge *
+mean(diag(A^T A))``, so data-poor directions keep their current value and the
+calibration error can only go down. A sparse row is solved on its kept
+features (exactly, or by preconditioned conjugate gradients on large layers).
+
+Layers are refit in ``rounds`` contiguous chunks in graph order, each chunk
+with statistics captured after the previous chunk was refit, so later layers
+see their refit inputs. The pass measures the teacher/student error of every
+refit layer and of every model output (SNR in dB, cosine) on the calibration
+data before and after; when the model's output SNR got worse, every change is
+undone (``reverted=1``). Each layer is handled once per kind (float refit,
+quantized) per model, so a second run reports ``modified=False``; a second
+``distill`` after ``quantize-int8`` in a recipe handles the new quantized layers.
+
+Stats: ``layers_refit``, ``layers_gptq``, ``layers_bias_corrected``,
+``layers_skipped``, ``model_snr_db_before/after``, ``model_cosine_before/after``,
+``layer_snr_db_before:<node>`` / ``layer_snr_db_after:<node>``, ``skipped:<node>``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InputError
+from ..graph import Model
+from ..passes.base import Context, Pass, PassResult, register
+from ._layers import Layer, QuantInfo, dq_value, find_layers, im2col, limited, output_rows
+
+__all__ = ["Distill", "GramStats", "OutputPair", "ridge_solve", "gptq_round", "snr_db"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_DB = 200.0
+_GAIN_TOL = 0.05
+
+
+def snr_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)``, capped at 200 dB (noise 0) and -200 dB."""
+    if noise <= 0:
+        return _MAX_DB
+    if signal <= 0:
+        return -_MAX_DB
+    return float(np.clip(10.0 * math.log10(signal / noise), -_MAX_DB, _MAX_DB))
+
+
+# ---------------------------------------------------------------- collectors
+class _Stash:
+    """Calibration feeds, each yielded after the teacher ran on it.
+
+    ``values`` holds the teacher's requested tensors for the current sample.
+    """
+
+    def __init__(self, teacher: onnx.ModelProto, names: list[str], data: Any) -> None:
+        from ..runtime_check.compare import make_session
+
+        self.names = list(dict.fromkeys(names))
+        self.data = data
+        self.values: dict[str, np.ndarray] = {}
+        self._session = None
+        if self.names:
+            work = onnx.ModelProto()
+            work.CopyFrom(teacher)
+            outs = {o.name for o in work.graph.output}
+            for n in self.names:
+                if n not in outs:
+                    work.graph.output.add().name = n
+            self._session = make_session(work, "disabled")
+            self._inputs = {i.name for i in teacher.graph.input}
+            del work
+
+    def __iter__(self):
+        for feed in self.data:
+            if self._session is not None:
+                arrays = self._session.run(self.names, {k: v for k, v in feed.items() if k in self._inputs})
+                self.values = dict(zip(self.names, arrays))
+            yield feed
+        self.values = {}
+
+
+class GramStats:
+    """Streaming least-squares statistics of one layer.
+
+    ``update(x)`` takes the student's layer input of one sample; the teacher's
+    output of the same sample is read from ``teacher()``. Accumulates, with
+    ``A = [features, 1]`` per group (``[rows, groups, D+1]``):
+
+    Attributes:
+        ata: float64 ``[groups, D+1, D+1]``, ``sum A^T A``.
+        aty: float64 ``[groups, D+1, Mg]``, ``sum A^T Y_t``.
+        yty: float64 ``[M]``, ``sum Y_t^2`` per output channel.
+        count: rows seen.
+        mismatch: a sample's teacher output did not match the layer's rows.
+    """
+
+    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None]) -> None:
+        self.layer = layer
+        self.teacher = teacher
+        g = layer.groups
+        d = layer.in_features
+        mg = layer.out_channels // g
+        self.ata = np.zeros((g, d + 1, d + 1))
+        self.aty = np.zeros((g, d + 1, mg))
+        self.yty = np.zeros(layer.out_channels)
+        self.count = 0
+        self.mismatch = ""
+
+    def update(self, x: np.ndarray) -> None:
+        if self.mismatch:
+            return
+        y = self.teacher()
+        if y is None:
+            self.mismatch = "teacher tensor missing"
+            return
+        layer = self.layer
+        a = im2col(layer, x)
+        yr = output_rows(layer, y)
+        if yr.shape != (a.shape[0], layer.out_channels):
+            self.mismatch = f"teacher output rows {yr.shape} do not match the layer ({a.shape[0]}, {layer.out_channels})"
+            return
+        rows, g, d = a.shape
+        a = np.concatenate([a, np.ones((rows, g, 1))], axis=2)
+        yg = yr.reshape(rows, g, -1)
+        if g == 1:
+            self.ata[0] += a[:, 0].T @ a[:, 0]
+            self.aty[0] += a[:, 0].T @ yg[:, 0]
+        else:
+            self.ata += np.einsum("rgd,rge->gde", a, a, optimize=True)
+            self.aty += np.einsum("rgd,rgm->gdm", a, yg, optimize=True)
+        self.yty += np.einsum("rm,rm->m", yr, yr)
+        self.count += rows
+
+    def error(self, w_aug: np.ndarray) -> np.ndarray:
+        """Per output channel ``sum (A w - y)^2`` for ``w_aug [groups, D+1, Mg]``."""
+        quad = np.einsum("gdm,gde,gem->gm", w_aug, self.ata, w_aug, optimize=True)
+        lin = np.einsum("gdm,gdm->gm", w_aug, self.aty)
+        return np.maximum(quad - 2 * lin + self.yty.reshape(quad.shape), 0.0).reshape(-1)
+
+
+class OutputPair:
+    """Per-channel sums of a student tensor against the teacher's, streamed.
+
+    Attributes (float64 ``[C]``): ``ss``, ``tt``, ``st`` (sums of products),
+    ``s``, ``t`` (sums); ``count`` values per channel; ``mismatch`` when shapes differed.
+    """
+
+    def __init__(self, axis: int, teacher: Callable[[], np.ndarray | None]) -> None:
+        self.axis = axis
+        self.teacher = teacher
+        self.ss = self.tt = self.st = self.s = self.t = None
+        self.count = 0
+        self.mismatch = ""
+
+    def update(self, ys: np.ndarray) -> None:
+        if self.mismatch:
+            return
+        yt = self.teacher()
+        if yt is None or np.shape(yt) != np.shape(ys):
+            self.mismatch = f"teacher shape {None if yt is None else np.shape(yt)} != student shape {np.shape(ys)}"
+            return
+        if np.asarray(ys).dtype.kind != "f":
+            return
+        ax = self.axis if self.axis >= 0 else ys.ndim + self.axis
+        s = np.moveaxis(np.asarray(ys, np.float64), ax, -1).reshape(-1, ys.shape[ax])
+        t = np.moveaxis(np.asarray(yt, np.float64), ax, -1).reshape(-1, ys.shape[ax])
+        sums = (np.einsum("rc,rc->c", s, s), np.einsum("rc,rc->c", t, t), np.einsum("rc,rc->c", s, t), s.sum(0), t.sum(0))
+        if self.ss is None:
+            self.ss, self.tt, self.st, self.s, self.t = sums
+        else:
+            for name, v in zip(("ss", "tt", "st", "s", "t"), sums):
+                setattr(self, name, getattr(self, name) + v)
+        self.count += s.shape[0]
+
+    def gains(self) -> np.ndarray:
+        """Per channel ``cov(s, t) / var(t)``, snapped to 1 within 5%."""
+        n = max(self.count, 1)
+        cov = self.st / n - (self.s / n) * (self.t / n)
+        var = self.tt / n - (self.t / n) ** 2
+        k = np.where(var > 1e-12 * max(float(var.max(initial=0.0)), 1e-30), cov / np.maximum(var, 1e-300), 1.0)
+        return np.where(np.abs(k - 1.0) > _GAIN_TOL, k, 1.0)
+
+    def metrics(self, gains: np.ndarray | None = None) -> tuple[float, float]:
+        """(SNR dB, cosine) of the student against the teacher (times ``gains``)."""
+        if self.ss is None:
+            return float("nan"), float("nan")
+        k = np.ones_like(self.tt) if gains is None else gains
+        noise = float(np.sum(self.ss - 2 * k * self.st + k * k * self.tt))
+        signal = float(np.sum(k * k * self.tt))
+        den = math.sqrt(float(np.sum(self.ss)) * signal)
+        cos = float(np.sum(k * self.st)) / den if den > 0 else 1.0
+        return snr_db(signal, max(noise, 0.0)), cos
+
+
+# -------------------------------------------------------------------- solvers
+def ridge_solve(h: np.ndarray, g: np.ndarray, w0: np.ndarray, lam: float, free: np.ndarray | None = None, cg_iters: int = 200) -> np.ndarray:
+    """Minimize ``sum_m w_m^T H w_m - 2 w_m^T g_m + lam ||w_m - w0_m||^2``.
+
+    Args:
+        h: float64 ``[D, D]`` (symmetric positive semi-definite).
+        g: ``[D, M]`` right-hand sides; ``w0``: ``[D, M]`` prior.
+        lam: ridge weight (> 0).
+        free: optional bool ``[D, M]``: which entries may be nonzero (others
+            are 0 in the result). Rows sharing one pattern are solved together
+            (Cholesky); otherwise each column is solved exactly when small, else
+            by Jacobi-preconditioned conjugate gradients (warm start ``w0``).
+
+    Returns:
+        ``[D, M]`` float64.
+    """
+    d, m = g.shape
+    a = h + lam * np.eye(d)
+    rhs = g + lam * w0
+    if free is None or free.all():
+        return _spd_solve(a, rhs)
+    out = np.zeros((d, m))
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(m):
+        patterns.setdefault(np.packbits(free[:, j]).tobytes(), []).append(j)
+    if len(patterns) <= 8 or d <= 192:
+        for cols in patterns.values():
+            idx = np.flatnonzero(free[:, cols[0]])
+            if idx.size:
+                out[np.ix_(idx, cols)] = _spd_solve(a[np.ix_(idx, idx)], rhs[np.ix_(idx, cols)])
+        return out
+    # Batched PCG over all columns at once, restricted to the free entries.
+    mask = free.astype(np.float64)
+    x = w0 * mask
+    diag = np.maximum(np.diag(a), 1e-300)[:, None]
+    r = (rhs - a @ x) * mask
+    z = r / diag
+    p = z.copy()
+    rz = np.einsum("dm,dm->m", r, z)
+    norm0 = np.sqrt(np.einsum("dm,dm->m", rhs * mask, rhs * mask)) + 1e-300
+    for _ in range(cg_iters):
+        ap = (a @ p) * mask
+        alpha = rz / np.maximum(np.einsum("dm,dm->m", p, ap), 1e-300)
+        x += alpha * p
+        r -= alpha * ap
+        if np.all(np.sqrt(np.einsum("dm,dm->m", r, r)) <= 1e-8 * norm0):
+            break
+        z = r / diag
+        rz_new = np.einsum("dm,dm->m", r, z)
+        p = z + (rz_new / np.maximum(rz, 1e-300)) * p
+        rz = rz_new
+    return x * mask
+
+
+def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    try:
+        c = np.linalg.cholesky(a)
+        return np.linalg.solve(c.T, np.linalg.solve(c, b))
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def gptq_round(
+    h: np.ndarray,
+    w: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    qmin: int,
+    qmax: int,
+    n_quant: int,
+    damp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ: round the first ``n_quant`` rows (features) of ``w`` one at a time,
+    compensating each rounding error on the later features (Frantar et al. 2022).
+
+    Args:
+        h: ``[D, D]`` input Hessian ``X^T X`` (features incl. any unquantized ones last).
+        w: ``[D, M]`` float target weight (features x output channels).
+        scale, zero_point: ``[M]`` per output channel (or broadcastable scalars).
+        qmin, qmax: integer range.
+        n_quant: features ``0..n_quant-1`` are quantized; later ones (a bias
+            column) stay float and absorb the compensation.
+        damp: ``damp * mean(diag(h))`` added to the diagonal.
+
+    Returns:
+        ``(q [n_quant, M] int64, w_out [D, M] float64)``: integer weights, and the
+        weight with its first ``n_quant`` rows dequantized and the rest updated.
+    """
+    w = np.array(w, dtype=np.float64)
+    d, m = w.shape
+    scale = np.broadcast_to(np.asarray(scale, np.float64), (m,))
+    zp = np.broadcast_to(np.asarray(zero_point, np.float64), (m,))
+    h = np.array(h, dtype=np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0  # inputs never seen: plain rounding, no compensation through them
+    lam = damp * float(np.mean(np.diag(h)))
+    h += lam * np.eye(d)
+    hinv = np.linalg.inv(h)
+    hinv = (hinv + hinv.T) / 2
+    u = np.linalg.cholesky(hinv).T  # upper: hinv = u^T u
+    q = np.zeros((n_quant, m), dtype=np.int64)
+    for i in range(n_quant):
+        qi = np.clip(np.rint(w[i] / scale) + zp, qmin, qmax)
+        deq = (qi - zp) * scale
+        err = (w[i] - deq) / u[i, i]
+        w[i] = deq
+        q[i] = qi.astype(np.int64)
+        if i + 1 < d:
+            w[i + 1 :] -= np.outer(u[i, i + 1 :], err)
+    return q, w
+
+
+# ------------------------------------------------------------------ the pass
+@dataclass
+class _Target:
+    layer: Layer
+    kind: str  # "refit" | "gptq" | "bias"
+    teacher_out: str
+    pair: OutputPair | None = None  # before
+    gram: GramStats | None = None
+    bias_pair: OutputPair | None = None
+    free: np.ndarray | None = None  # [g, Mg, D] keep-mask for sparse layers
+    float_ref: np.ndarray | None = None  # the float weight a quantized layer rounds (node layout)
+
+
+@register
+@dataclass
+class Distill(Pass):
+    """Refit compressed layers to the teacher's activations (see the module docstring).
+
+    Options:
+        ridge: ridge weight relative to the mean diagonal of the input Gram matrix.
+        rounds: contiguous chunks of layers refit one after the other (>= 1).
+        max_features: largest input features per group (``C/g * k``) to refit.
+        gptq: GPTQ rounding of quantized MatMul/Gemm weights.
+        gptq_ops: op types that get GPTQ (others get bias correction only).
+        gptq_damp: GPTQ's dampening of the Hessian diagonal.
+        bias_correction: correct the bias of quantized layers.
+        layers: extra node names to refit even if not compressed.
+        all_layers: refit every float linear layer with a teacher counterpart.
+        revert_if_worse: undo everything when the model output SNR dropped.
+        calibration_limit: samples read per capture run (0: all).
+    """
+
+    name = "distill"
+    lossless = False
+    summary = "refit compressed layers (pruned, low-rank, quantized) to the teacher's outputs by ridge least squares, GPTQ and bias correction"
+
+    ridge: float = 1e-2
+    rounds: int = 4
+    max_features: int = 2304
+    gptq: bool = True
+    gptq_ops: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
+    gptq_damp: float = 0.01
+    bias_correction: bool = True
+    layers: list[str] = field(default_factory=list)
+    all_layers: bool = False
+    revert_if_worse: bool = True
+    calibration_limit: int = 64
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        done: set[tuple[str, str]] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
+        layers, _ = find_layers(model)
+        compressed = self._compressed_names(ctx)
+        refs: dict[str, np.ndarray] = ctx.options.setdefault("_float_weights", {})
+        for layer in layers:
+            if not layer.quantized:
+                refs[layer.name] = layer.w.astype(np.float32)
+        self._refs = refs
+        self._teacher_index = None
+        self._ctx_teacher = ctx.teacher
+        candidates: list[tuple[Layer, str]] = []
+        for layer in layers:
+            if layer.quantized:
+                kind = "bias"
+                if self.gptq and layer.op in self.gptq_ops and self._float_reference(layer) is not None:
+                    kind = "gptq"
+                if kind == "bias" and not self.bias_correction:
+                    continue
+                key = (layer.name, "quant")
+            else:
+                if not (self.all_layers or layer.name in compressed or layer.name in self.layers or _sparse(layer)):
+                    continue
+                kind, key = "refit", (layer.name, "float")
+            if key in done:
+                continue
+            done.add(key)
+            candidates.append((layer, kind))
+        if not candidates:
+            return PassResult(False, {"layers_refit": 0, "layers_gptq": 0, "layers_bias_corrected": 0})
+        if ctx.teacher is None:
+            raise InputError("distill needs the teacher (the original model) in ctx.teacher")
+        if ctx.calibration is None:
+            raise InputError("distill needs calibration data (--calib)")
+        teacher = ctx.teacher if isinstance(ctx.teacher, onnx.ModelProto) else ctx.teacher.to_proto()
+        return self._distill(model, teacher, ctx, candidates)
+
+    # ------------------------------------------------------------ selection
+    @staticmethod
+    def _compressed_names(ctx: Context) -> set[str]:
+        names: set[str] = set()
+        for key in ("pruned_layers", "lowrank_layers", "sparse_layers"):
+            for entry in ctx.options.get(key, ()) or ():
+                if isinstance(entry, str):
+                    names.add(entry)
+                elif isinstance(entry, dict):
+                    names.add(str(entry.get("node") or entry.get("name") or entry.get("consumer")))
+                elif isinstance(entry, (tuple, list)) and entry:
+                    names.add(str(entry[0]))
+        return names
+
+    def _teacher_name(self, layer: Layer, teacher_tensors: set[str]) -> str | None:
+        out = layer.out
+        if out.name in teacher_tensors:
+            return out.name
+        # quantize-int8 renames a quantized output: node -> X_prequant -> Q -> DQ -> X.
+        t = out
+        for op in ("QuantizeLinear", "DequantizeLinear"):
+            if len(t.outputs) != 1 or t.outputs[0].op != op or not t.outputs[0].outputs:
+                return None
+            t = t.outputs[0].outputs[0]
+        return t.name if t.name in teacher_tensors else None
+
+    def _float_reference(self, layer: Layer) -> np.ndarray | None:
+        """The float weight that ``layer``'s int8 weight rounds: recorded by an
+        earlier ``distill`` run, or the teacher's weight of the node of the same
+        name; accepted only when rounding it with the layer's scales gives the
+        layer's integers (``|W - W_q| <= scale / 2`` everywhere)."""
+        cands = []
+        if layer.name in self._refs:
+            cands.append(self._refs[layer.name])
+        tw = self._teacher_weight(layer)
+        if tw is not None:
+            cands.append(tw)
+        quant = _row_quant(layer)
+        if quant is None:
+            return None
+        scale = quant[0]
+        for w in cands:
+            if w.shape != layer.w.shape:
+                continue
+            srows = np.broadcast_to(scale[None, :, None], layer.rows().shape)
+            diff = np.abs(layer.rows(w.astype(np.float64)) - layer.rows())
+            if np.all(diff <= 0.5 * srows * (1 + 1e-3) + 1e-7):
+                return np.asarray(w, np.float64)
+        return None
+
+    def _teacher_weight(self, layer: Layer) -> np.ndarray | None:
+        teacher = self._ctx_teacher
+        if teacher is None or layer.op not in ("MatMul", "Gemm"):
+            return None
+        if not isinstance(teacher, onnx.ModelProto):
+            teacher = teacher.to_proto()
+        if self._teacher_index is None:
+            from onnx import numpy_helper
+
+            consts = {i.name: i for i in teacher.graph.initializer}
+            for n in teacher.graph.node:
+                if n.op_type == "Constant" and n.output:
+                    for a in n.attribute:
+                        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                            consts[n.output[0]] = a.t
+            nodes = {n.name: n for n in teacher.graph.node if n.name}
+            self._teacher_index = (nodes, consts, numpy_helper)
+        nodes, consts, nh = self._teacher_index
+        n = nodes.get(layer.name)
+        if n is None or n.op_type != layer.op or len(n.input) < 2 or n.input[1] not in consts:
+            return None
+        w = nh.to_array(consts[n.input[1]]).astype(np.float64)
+        if layer.op == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            if int(attrs.get("transB", 0)) != int(layer.attrs.get("transB", 0)) or int(attrs.get("transA", 0)):
+                return None
+            w = w * float(attrs.get("alpha", 1.0))
+        return w
+
+    # ------------------------------------------------------------ the work
+    def _distill(self, model: Model, teacher: onnx.ModelProto, ctx: Context, candidates) -> PassResult:
+        from ..calibration import capturable_tensors
+
+        teacher_tensors = {k for k, v in capturable_tensors(teacher).items() if v == "main"}
+        stats: dict[str, int | float] = {}
+        targets: list[_Target] = []
+        skipped = 0
+        for layer, kind in candidates:
+            tname = self._teacher_name(layer, teacher_tensors)
+            why = None
+            if tname is None:
+                why = "no teacher tensor of the same name"
+            elif kind != "bias" and layer.in_features > self.max_features:
+                why = f"{layer.in_features} input features > max_features {self.max_features}"
+            if why:
+                skipped += 1
+                stats[f"skipped:{layer.name}"] = 1
+                logger.debug("distill: skipping %s: %s", layer.name, why)
+                continue
+            free = None
+            if kind == "refit" and _sparse(layer):
+                free = layer.rows() != 0
+            ref = self._float_reference(layer) if kind == "gptq" else None
+            targets.append(_Target(layer, kind, tname, free=free, float_ref=ref))
+        undo: list[Callable[[], None]] = []
+        out_names = [o.name for o in model.graph.outputs]
+        t_out_names = [o.name for o in teacher.graph.output]
+        if len(out_names) != len(t_out_names):
+            raise InputError("distill: the student and the teacher have different numbers of outputs")
+        counts = {"refit": 0, "gptq": 0, "bias": 0}
+        if targets:
+            rounds = max(1, min(int(self.rounds), len(targets)))
+            chunks = [list(c) for c in np.array_split(np.arange(len(targets)), rounds) if len(c)]
+            model_before: list[OutputPair] = []
+            for r, chunk in enumerate(chunks):
+                first = r == 0
+                self._capture_round(model, teacher, ctx, targets, [targets[i] for i in chunk], first, out_names, t_out_names, model_before)
+                for i in chunk:
+                    t = targets[i]
+                    if self._apply(model, t, undo, stats):
+                        counts[t.kind] += 1
+            # Final measurement.
+            after_pairs = {id(t): OutputPair(t.layer.channel_axis, None) for t in targets}
+            model_after: list[OutputPair] = []
+            self._measure(model, teacher, ctx, targets, after_pairs, out_names, t_out_names, model_after)
+            snr_b, cos_b = _model_metrics(model_before)
+            snr_a, cos_a = _model_metrics(model_after)
+            stats.update(model_snr_db_before=round(snr_b, 3), model_snr_db_after=round(snr_a, 3),
+                         model_cosine_before=round(cos_b, 6), model_cosine_after=round(cos_a, 6))
+            for t in targets:
+                if t.pair is None or t.pair.ss is None:
+                    continue
+                gains = t.pair.gains() if t.layer.quantized else None
+                stats[f"layer_snr_db_before:{t.layer.name}"] = round(t.pair.metrics(gains)[0], 3)
+                ap = after_pairs[id(t)]
+                if ap.ss is not None:
+                    stats[f"layer_snr_db_after:{t.layer.name}"] = round(ap.metrics(gains)[0], 3)
+            reverted = 0
+            if self.revert_if_worse and undo and snr_a < snr_b - 1e-6:
+                logger.warning("distill: the model output SNR dropped (%.2f -> %.2f dB); changes undone", snr_b, snr_a)
+                for fn in reversed(undo):
+                    fn()
+                undo.clear()
+                reverted = 1
+                counts = {k: 0 for k in counts}
+            stats["reverted"] = reverted
+            logger.info(
+                "distill: %d refit, %d GPTQ, %d bias-corrected, %d skipped; model output SNR %.2f -> %.2f dB, cosine %.5f -> %.5f",
+                counts["refit"], counts["gptq"], counts["bias"], skipped, snr_b, snr_a, cos_b, cos_a,
+            )
+        head = {"layers_refit": counts["refit"], "layers_gptq": counts["gptq"], "layers_bias_corrected": counts["bias"],
+                "layers_skipped": skipped}
+        return PassResult(modified=bool(undo), stats={**head, **stats})
+
+    def _data(self, ctx: Context):
+        return limited(ctx.calibration, self.calibration_limit)
+
+    def _capture_round(self, model, teacher, ctx, targets, chunk, first, out_names, t_out_names, model_before) -> None:
+        from ..calibration import capture
+
+        collectors: dict[str, list] = {}
+        t_names: list[str] = []
+        stash_ref: list[_Stash] = []
+
+        def teacher_value(name: str) -> Callable[[], np.ndarray | None]:
+            return lambda: stash_ref[0].values.get(name)
+
+        for t in chunk:
+            if t.kind == "bias":
+                t.bias_pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out))
+                collectors.setdefault(t.layer.out.name, []).append(t.bias_pair)
+            else:
+                t.gram = GramStats(t.layer, teacher_value(t.teacher_out))
+                collectors.setdefault(t.layer.x.name, []).append(t.gram)
+            t_names.append(t.teacher_out)
+        if first:
+            for t in targets:
+                t.pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out))
+                collectors.setdefault(t.layer.out.name, []).append(t.pair)
+                t_names.append(t.teacher_out)
+            for s_name, t_name in zip(out_names, t_out_names):
+                pair = OutputPair(-1, teacher_value(t_name))
+                model_before.append(pair)
+                collectors.setdefault(s_name, []).append(pair)
+                t_names.append(t_name)
+        stash = _Stash(teacher, t_names, self._data(ctx))
+        stash_ref.append(stash)
+        capture(model.to_proto(), list(collectors), stash, collectors, progress=False, desc="distill")
+
+    def _measure(self, model, teacher, ctx, targets, pairs, out_names, t_out_names, model_after) -> None:
+        from ..calibration import capture
+
+        collectors: dict[str, list] = {}
+        t_names: list[str] = []
+        stash_ref: list[_Stash] = []
+
+        def teacher_value(name: str):
+            return lambda: stash_ref[0].values.get(name)
+
+        for t in targets:
+            p = pairs[id(t)]
+            p.teacher = teacher_value(t.teacher_out)
+            collectors.setdefault(t.layer.out.name, []).append(p)
+            t_names.append(t.teacher_out)
+        for s_name, t_name in zip(out_names, t_out_names):
+            pair = OutputPair(-1, teacher_value(t_name))
+            model_after.append(pair)
+            collectors.setdefault(s_name, []).append(pair)
+            t_names.append(t_name)
+        stash = _Stash(teacher, t_names, self._data(ctx))
+        stash_ref.append(stash)
+        capture(model.to_proto(), list(collectors), stash, collectors, progress=False, desc="distill")
+
+    # ------------------------------------------------------------ solving
+    def _apply(self, model: Model, t: _Target, undo: list, stats: dict) -> bool:
+        layer = t.layer
+        if t.kind == "bias":
+            return self._bias_correct(model, t, undo)
+        gs_ = t.gram
+        if gs_ is None or gs_.mismatch or gs_.count == 0:
+            why = gs_.mismatch if gs_ is not None and gs_.mismatch else "no calibration rows"
+            logger.debug("distill: not refitting %s: %s", layer.name, why)
+            stats[f"skipped:{layer.name}"] = 1
+            return False
+        rows = layer.rows()  # [g, Mg, D]
+        g, mg, d = rows.shape
+        has_bias = layer.b is not None or layer.op == "Conv" or (layer.op == "Gemm" and not layer.quantized)
+        b0 = layer.b if layer.b is not None else np.zeros(layer.out_channels)
+        w0 = np.concatenate([np.transpose(rows, (0, 2, 1)), b0.reshape(g, 1, mg)], axis=1)  # [g, D+1, Mg]
+        new = np.empty_like(w0)
+        q_new = None
+        for gi in range(g):
+            h = gs_.ata[gi]
+            rhs = gs_.aty[gi]
+            hh, rr, ww = (h, rhs, w0[gi]) if has_bias else (h[:d, :d], rhs[:d], w0[gi][:d])
+            lam = self.ridge * max(float(np.mean(np.diag(hh))), 1e-12)
+            free = None
+            if t.free is not None:
+                free = t.free[gi].T  # [D, Mg]
+                if has_bias:
+                    free = np.vstack([free, np.ones((1, mg), bool)])
+            if t.kind == "gptq":
+                quant = _row_quant(layer)
+                if quant is None:
+                    stats[f"skipped:{layer.name}"] = 1
+                    return False
+                scale, zp, qmin, qmax = quant
+                wf = np.transpose(layer.rows(t.float_ref.astype(np.float64))[gi])  # [D, Mg]
+                target = np.vstack([wf, ww[d:]]) if has_bias else wf
+                q_new, sol = gptq_round(hh, target, scale, zp, qmin, qmax, n_quant=d, damp=self.gptq_damp)
+                if has_bias:  # empirical bias correction on top: the mean residual against the teacher
+                    sol[d] += (rr[d] - hh[d] @ sol) / max(hh[d, d], 1e-300)
+            else:
+                sol = ridge_solve(hh, rr, ww, lam, free)
+            new[gi] = sol if has_bias else np.vstack([sol, w0[gi][d:]])
+        err_old = float(gs_.error(w0).sum())
+        err_new = float(gs_.error(new).sum())
+        if not err_new < err_old:
+            logger.debug("distill: %s: no improvement (%.4g -> %.4g); kept", layer.name, err_old, err_new)
+            return False
+        new_rows = np.transpose(new[:, :d, :], (0, 2, 1))
+        new_b = new[:, d, :].reshape(-1) if has_bias else None
+        self._write(model, layer, new_rows, new_b, q_new, undo)
+        logger.debug("distill: %s (%s) layer error %.4g -> %.4g", layer.name, t.kind, err_old, err_new)
+        return True
+
+    def _bias_correct(self, model: Model, t: _Target, undo: list) -> bool:
+        p = t.bias_pair
+        layer = t.layer
+        if p is None or p.mismatch or p.ss is None:
+            return False
+        n = max(p.count, 1)
+        k = p.gains()
+        shift = (k * p.t - p.s) / n  # E[k y_t - y_s] per channel
+        if not np.any(np.abs(shift) > 0):
+            return False
+        b0 = layer.b if layer.b is not None else np.zeros(layer.out_channels)
+        self._write(model, layer, None, b0 + shift, None, undo)
+        return True
+
+    # ------------------------------------------------------------ writing
+    def _write(self, model: Model, layer: Layer, rows: np.ndarray | None, bias: np.ndarray | None, q: np.ndarray | None, undo: list) -> None:
+        names = self.names(model)
+        node = layer.node
+        old_inputs = list(node.inputs)
+        old_attrs = dict(node.attrs)
+        undo.append(lambda: (node.inputs.clear(), node.inputs.extend(old_inputs), node.attrs.clear(), node.attrs.update(old_attrs)))
+        if rows is not None:
+            w_t = node.inputs[1]
+            if layer.quantized:
+                info = layer.wq
+                new_q = _q_layout(layer, q)
+                node.inputs[1] = _replace_dq_input(info, new_q.astype(info.q.dtype), names, layer, undo)
+            else:
+                w = layer.from_rows(rows)
+                self._refs[layer.name] = w.astype(np.float32)
+                if layer.op == "Gemm":
+                    node.attrs["alpha"] = 1.0
+                dtype = w_t.dtype if isinstance(w_t, gs.Constant) and w_t.dtype is not None else np.float32
+                node.inputs[1] = gs.Constant(names.new(f"{w_t.name}_distilled"), np.ascontiguousarray(w.astype(dtype)))
+        if bias is not None:
+            self._write_bias(model, layer, bias, names, undo)
+
+    def _write_bias(self, model: Model, layer: Layer, bias: np.ndarray, names, undo: list) -> None:
+        node = layer.node
+        base = (node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2].name else f"{node.inputs[1].name}_bias")
+        if layer.op == "MatMul":
+            if layer.add is None:
+                return
+            add, side = layer.add
+            old = list(add.inputs)
+            undo.append(lambda: (add.inputs.clear(), add.inputs.extend(old)))
+            c = add.inputs[side]
+            shape = c.shape if c.shape is not None and int(np.prod(c.shape)) == bias.size else (bias.size,)
+            add.inputs[side] = gs.Constant(names.new(f"{c.name}_distilled"), bias.reshape(shape).astype(c.dtype or np.float32))
+            return
+        if layer.bq is not None:
+            info = layer.bq
+            scale = np.broadcast_to(np.asarray(info.scale, np.float64), bias.shape)
+            zp = np.broadcast_to(np.asarray(info.zero_point, np.float64), bias.shape)
+            iinfo = np.iinfo(np.int32)
+            bq = np.clip(np.rint(bias / scale) + zp, iinfo.min, iinfo.max).astype(np.int32)
+            node.inputs[2] = _replace_dq_input(info, bq, names, layer, undo)
+            return
+        if layer.quantized and layer.op == "Conv" and layer.b is None:
+            dq_bias = _int32_bias(layer, bias, names)
+            if dq_bias is not None:
+                node.inputs.append(dq_bias)
+            return
+        value = bias.astype(np.float32)
+        if layer.op == "Gemm":
+            node.attrs["beta"] = 1.0
+        const = gs.Constant(names.new(f"{base}_distilled"), np.ascontiguousarray(value))
+        if len(node.inputs) > 2:
+            node.inputs[2] = const
+        else:
+            node.inputs.append(const)
+
+
+# ------------------------------------------------------------------ helpers
+def _sparse(layer: Layer) -> bool:
+    return (not layer.quantized) and float(np.mean(layer.w == 0)) >= 0.01
+
+
+def _model_metrics(pairs: list[OutputPair]) -> tuple[float, float]:
+    ss = tt = st = 0.0
+    for p in pairs:
+        if p.ss is None:
+            continue
+        ss += float(p.ss.sum())
+        tt += float(p.tt.sum())
+        st += float(p.st.sum())
+    if tt == 0 and ss == 0:
+        return float("nan"), float("nan")
+    noise = max(ss - 2 * st + tt, 0.0)
+    den = math.sqrt(ss * tt)
+    return snr_db(tt, noise), (st / den if den > 0 else 1.0)
+
+
+def _row_quant(layer: Layer) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """Per output channel scale and zero point of a quantized layer's weight,
+    and the integer range it uses (symmetric ``[-max|q|, max|q|]`` as observed,
+    so a 7-bit weight stays 7-bit)."""
+    info = layer.wq
+    m = layer.out_channels
+    axis = info.axis
+    want = {"Gemm": 0 if layer.attrs.get("transB", 0) else 1, "MatMul": 1, "Conv": 0}[layer.op]
+    s = np.asarray(info.scale, np.float64)
+    z = np.asarray(info.zero_point, np.float64)
+    if axis is None or s.ndim == 0 or s.size == 1:
+        s, z = np.full(m, float(s.reshape(-1)[0])), np.full(m, float(z.reshape(-1)[0]))
+    elif axis != want:
+        logger.debug("distill: %s: weight quantized along axis %d, not the output channels", layer.name, axis)
+        return None
+    q = info.q.astype(np.int64)
+    lim = int(np.abs(q).max()) if q.size else 127
+    iinfo = np.iinfo(info.q.dtype)
+    if z.any():  # asymmetric: the full type range
+        return s, z, int(iinfo.min), int(iinfo.max)
+    lim = max(1, min(lim, int(iinfo.max)))
+    return s, z, -lim, lim
+
+
+def _q_layout(layer: Layer, q: np.ndarray) -> np.ndarray:
+    """GPTQ's ``[D, M]`` integers in the node's weight layout (groups = 1)."""
+    return layer.from_rows(q.T[None])
+
+
+def _replace_dq_input(info: QuantInfo, new_q: np.ndarray, names, layer: Layer, undo: list) -> gs.Tensor:
+    """A tensor equal to ``info.node`` dequantizing ``new_q``: the DQ is edited
+    in place when its output has one reader, else cloned before the layer."""
+    dq = info.node
+    q_old = dq.inputs[0]
+    const = gs.Constant(names.new(f"{q_old.name}_distilled"), np.ascontiguousarray(new_q))
+    out = dq.outputs[0]
+    if len(out.outputs) == 1:
+        old = list(dq.inputs)
+        undo.append(lambda: (dq.inputs.clear(), dq.inputs.extend(old)))
+        dq.inputs[0] = const
+        return out
+    new_out = gs.Variable(names.new(f"{out.name}_distilled"), dtype=out.dtype, shape=out.shape)
+    clone = gs.Node("DequantizeLinear", names.new(f"{dq.name}_distilled"), attrs=dict(dq.attrs), inputs=[const, *dq.inputs[1:]], outputs=[new_out])
+    g = layer.graph
+    pos = next(i for i, n in enumerate(g.nodes) if n is layer.node)
+    g.nodes.insert(pos, clone)
+
+    def _drop() -> None:
+        clone.inputs.clear()
+        clone.outputs.clear()
+        g.nodes.remove(clone)
+
+    undo.append(_drop)
+    return new_out
+
+
+def _int32_bias(layer: Layer, bias: np.ndarray, names) -> gs.Tensor | None:
+    """An int32 DequantizeLinear bias (scale = input scale x weight scale) for a
+    quantized Conv without bias, when its input comes from a per-tensor DQ."""
+    x = layer.x
+    if len(x.inputs) != 1 or x.inputs[0].op != "DequantizeLinear":
+        return None
+    xs = x.inputs[0].inputs[1]
+    if not isinstance(xs, gs.Constant) or np.asarray(xs.values).size != 1:
+        return None
+    w_scale = np.broadcast_to(np.asarray(layer.wq.scale, np.float64), bias.shape)
+    scale = w_scale * float(np.asarray(xs.values).reshape(-1)[0])
+    iinfo = np.iinfo(np.int32)
+    bq = np.clip(np.rint(bias / scale), iinfo.min, iinfo.max).astype(np.int32)
+    base = f"{layer.name}_bias"
+    out = gs.Variable(names.new(f"{base}_dequantized"), dtype=np.float32, shape=list(bias.shape))
+    dq = gs.Node(
+        "DequantizeLinear", names.new(f"{base}_DequantizeLinear"), attrs={"axis": 0},
+        inputs=[gs.Constant(names.new(f"{base}_quantized"), bq), gs.Constant(names.new(f"{base}_scale"), scale.astype(np.float32)),
+                gs.Constant(names.new(f"{base}_zero_point"), np.zeros(bias.shape, np.int32))],
+        outputs=[out],
+    )
+    g = layer.graph
+    pos = next(i for i, n in enumerate(g.nodes) if n is layer.node)
+    g.nodes.insert(pos, dq)
+    return out
