@@ -3,6 +3,8 @@ external data, measuring each run's peak RSS against the weights' size.
 
 Not a test. Run: ``python benchmarks/big.py [--gb 2.5] [--dir /tmp/onnxpress-big]
 [--recipes lossless,int4-weights,edge-int8] [--out benchmarks/results/big.md]``.
+``tests/graph/test_external_lazy.py`` runs the same code path (:func:`build`,
+:func:`run_recipe`) on a ~100 MB model in CI.
 
 Each recipe runs as ``onnxpress optimize`` in a fresh process (``--no-check``;
 edge-int8 with ``--calib random:4``); its peak RSS is the process's VmHWM read from
@@ -26,15 +28,15 @@ from onnx import TensorProto, helper, numpy_helper
 HIDDEN = 4096
 
 
-def build(path: Path, gigabytes: float) -> int:
-    """Write a MatMul+Add+Relu stack of HIDDEN x HIDDEN float32 layers with its
+def build(path: Path, gigabytes: float, hidden: int = HIDDEN) -> int:
+    """Write a MatMul+Add+Relu stack of ``hidden`` x ``hidden`` float32 layers with its
     weights in ``path.data``; returns the weight bytes."""
-    layers = max(1, int(gigabytes * 1e9 // (HIDDEN * HIDDEN * 4)))
+    layers = max(1, int(gigabytes * 1e9 // (hidden * hidden * 4)))
     rng = np.random.default_rng(0)
     nodes, inits, x = [], [], "x"
     for i in range(layers):
-        w = (rng.standard_normal((HIDDEN, HIDDEN), dtype=np.float32) / np.sqrt(HIDDEN)).astype(np.float32)
-        b = np.zeros(HIDDEN, np.float32)
+        w = (rng.standard_normal((hidden, hidden), dtype=np.float32) / np.sqrt(hidden)).astype(np.float32)
+        b = np.zeros(hidden, np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         nodes += [
             helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
@@ -44,23 +46,23 @@ def build(path: Path, gigabytes: float) -> int:
         x = f"r{i}"
     graph = helper.make_graph(
         nodes, "big",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", HIDDEN])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", HIDDEN])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", hidden])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     from onnxpress.graph import save
 
     save(model, path, external_data=True)
-    return layers * (HIDDEN * HIDDEN + HIDDEN) * 4
+    return layers * (hidden * hidden + hidden) * 4
 
 
-def run_recipe(src: Path, out: Path, recipe: str) -> tuple[int, float, float, str]:
+def run_recipe(src: Path, out: Path, recipe: str, calib: int = 4) -> tuple[int, float, float, str]:
     """Run ``onnxpress optimize`` in a fresh process; returns (exit code, seconds,
     peak RSS bytes, stderr tail)."""
     cmd = [sys.executable, "-m", "onnxpress", "optimize", str(src), "-o", str(out), "--recipe", recipe, "--no-check"]
     if recipe != "lossless" and recipe != "int4-weights":
-        cmd += ["--calib", "random:4"]
+        cmd += ["--calib", f"random:{calib}"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -79,7 +81,8 @@ def run_recipe(src: Path, out: Path, recipe: str) -> tuple[int, float, float, st
 def compare(src: Path, out: Path) -> tuple[float, float]:
     import onnxruntime as ort
 
-    x = np.random.default_rng(1).standard_normal((1, HIDDEN)).astype(np.float32)
+    hidden = onnx.load(str(src), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = np.random.default_rng(1).standard_normal((1, hidden)).astype(np.float32)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ref = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

@@ -78,14 +78,19 @@ def train(model, x: np.ndarray, y: np.ndarray, epochs: int = 15, seed: int = 0) 
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=g).split(64):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-    model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batches this small: one thread is fastest, and immune to a busy machine
+    try:
+        model.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(xt), generator=g).split(64):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
 
 
 def export(model, path: Path, exporter: str = "auto") -> str:

@@ -9,10 +9,11 @@ Example::
 
     optimized, report = onnxpress.optimize(proto, recipe="lossless", check=True)  # unpacks too
 
-Models over 2 GB work through paths: ``optimize("big.onnx")`` reads the weights
-once (external data resolved beside the file), the passes share them with the
-original instead of copying them, and :meth:`OptimizeResult.save` streams them
-back to disk one tensor at a time (external data above 2 GB). Reading
+Models over 2 GB work through paths: ``optimize("big.onnx")`` leaves external
+data on disk (resolved beside the file); the passes read each weight when they
+need it, onnxruntime (calibration) reads them from the file, and
+:meth:`OptimizeResult.save` streams them back to disk one tensor at a time
+(external data above 2 GB). Reading
 :attr:`OptimizeResult.model` builds a self-contained ``ModelProto``, a second copy
 of the weights: leave it alone for such models.
 """
@@ -30,6 +31,7 @@ import onnx
 
 from .errors import InputError, InputNameError, UnknownPassError
 from .graph import Model, ModelLike, ModelStats, load, load_proto, model_stats, save
+from .graph.io import external_folders
 from .passes import Context, PassManager, PassRecord, get_pass, make_pass
 from .recipes import Recipe, load_recipe
 from .runtime_check import CheckReport, compare, random_feeds, validate_feeds
@@ -150,8 +152,9 @@ def optimize(
     """Optimize a model with a recipe (or an explicit list of passes).
 
     Args:
-        model: a path to an ``.onnx`` file (external data resolved beside it) or an
-            ``onnx.ModelProto`` (with its data loaded). A ModelProto is not modified.
+        model: a path to an ``.onnx`` file (external data resolved beside it), an
+            ``onnx.ModelProto`` (with its data loaded) or a working-IR
+            :class:`~onnxpress.graph.Model`. The caller's model is not modified.
         recipe: a built-in recipe name (``onnxpress recipes`` lists them), a path to
             a ``.toml`` recipe, or a :class:`~onnxpress.recipes.Recipe`. Default
             ``"edge-int8"`` (static int8 QDQ), which needs ``calibration``.
@@ -164,7 +167,9 @@ def optimize(
             The recipe's ``[calibration] limit`` caps the samples read.
         check: True to compare with the original on 2 seeded random feeds, or an
             iterable of feed dicts to compare on; None/False skips the check. The
-            tolerances are the recipe's ``[check]`` ``atol``/``rtol``.
+            criterion is the default of the optimized model's kind (fp32, fp16,
+            int8) with the recipe's ``[check]`` and ``[check.outputs.NAME]`` keys
+            laid over it.
         passes: run these passes (registered names) instead of the recipe's; the
             recipe still gives the pipeline settings and tolerances.
         skip: pass names to leave out.
@@ -207,7 +212,12 @@ def optimize(
             "an .npz with a sample axis, 'module:function', a list of feed dicts, or 'random:N' for "
             "smoke tests only), or choose a recipe without calibration, e.g. recipe='lossless'"
         )
-    original = load_proto(model)
+    # A path's external data is left on disk (read by the passes one weight at a
+    # time); the eager original is read only for the check.
+    if isinstance(model, Model):  # a working-IR model: exported, so the passes edit a copy
+        model = model.to_proto()
+    original = load_proto(model, external=True)
+    lazy = isinstance(model, (str, os.PathLike)) and bool(external_folders(original))
     description = None
     if calibration is not None:
         from .calibration import CalibrationData, open_calibration
@@ -227,15 +237,24 @@ def optimize(
     start = time.perf_counter()
     records = PassManager(
         pass_list, max_iterations=rec.max_iterations, fixed_point=rec.fixed_point, strict=strict
-    ).run(working, Context(calibration=calibration, teacher=original))
+    ).run(working, Context(calibration=calibration, teacher=load(model) if lazy else original))
     seconds = time.perf_counter() - start
     after = model_stats(working)
     result = OptimizeResult(working, records, before, after, None, seconds, rec, calibration=description)
     if check:
-        feeds = random_feeds(original, n=2) if check is True else list(check)
+        if lazy:
+            original = load_proto(model)
+        feeds: list[Any] = random_feeds(original, n=2) if check is True else list(check)
         # A throwaway export, not result.model: the result keeps no second copy of the weights.
+        # The recipe's [check] and [check.outputs.NAME] keys over the default
+        # criterion of the candidate's kind, as ``onnxpress optimize`` does.
         result.report = compare(
-            original, working.to_proto(), feeds, atol=rec.atol, rtol=rec.rtol, measure_latency=latency
+            original,
+            working.to_proto(),
+            feeds,
+            tolerance=rec.check_options,
+            per_output=rec.check_outputs or None,
+            measure_latency=latency,
         )
     return result
 

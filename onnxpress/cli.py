@@ -1,6 +1,7 @@
-"""Command line: ``onnxpress optimize|check|inspect|passes|recipes|demo``.
+"""Command line: ``onnxpress optimize|check|inspect|passes|recipes|zoo|demo``.
 
-Exit codes: 0 success, 1 a check failed (or could not run), 2 bad input (not ONNX,
+Exit codes: 0 success, 1 a check failed (or could not run; for ``zoo``: any model
+failed), 2 bad input (not ONNX,
 truncated, missing external data, unknown pass or recipe, unknown input name,
 unknown check target, missing target runtime, unavailable execution provider).
 Errors are one line on stderr; ``--verbose`` adds the traceback.
@@ -219,10 +220,14 @@ def _report_path(path: str | None) -> str | None:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from .api import optimize
     from .graph import load_proto
+    from .graph.io import external_folders
     from .runtime_check import compare, load_feeds, random_feeds, validate_feeds
 
     src = Path(args.model)
-    original = load_proto(src)
+    # Without a check, external data stays on disk: optimize() then reads the
+    # model from its path, one weight at a time.
+    original = load_proto(src, external=args.no_check)
+    lazy = bool(external_folders(original))
     feeds = None
     targets = []
     if not args.no_check:
@@ -240,7 +245,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         calibration = open_calibration(args.calib, original, limit=args.calib_limit)
     start = time.perf_counter()
     result = optimize(
-        original,
+        src if lazy else original,
         recipe=args.recipe,
         calibration=calibration,
         passes=_split(args.passes) or None,

@@ -4,7 +4,12 @@ Every ``.onnx`` under ``DIR`` (recursively, with its external data) is
 optimized by :func:`run_job` in a worker process of its own: a local process
 started with ``spawn`` (:func:`run_zoo`), or a Ray task when ``ray_address`` is
 given (``onnxpress zoo --ray ADDRESS|auto|local``; ``pip install onnxpress[ray]``).
-Both run the same function on the same :class:`ZooJob`, so their results agree.
+Both run the same function on the same :class:`ZooJob`, so their results agree
+(byte-identical outputs, tested). On a Ray cluster, the model folder, the output
+folder and the calibration paths must lie on a filesystem every node sees (the
+jobs carry absolute paths, not data), and onnxpress must be installed on every
+node; at most ``workers`` tasks (default: the cluster's CPUs) are in flight, one
+CPU each, so a task's timeout counts from about its start.
 
 * A model that fails, hangs past ``timeout`` seconds (its worker is killed) or
   crashes its worker (a segfault, the OOM killer) is recorded as failed; the
@@ -89,6 +94,9 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR = ".onnxpress-zoo"
 OK_STATUSES = ("ok",)
+#: Inputs larger than this (bytes, external data included) are optimized and
+#: written without the check (onnxruntime cannot take them serialized).
+CHECK_MAX_BYTES = 2**31 - (64 << 20)
 #: Statuses that are retried by ``resume`` whatever the hashes say.
 TRANSIENT_STATUSES = ("timeout", "crashed")
 
@@ -118,6 +126,7 @@ FIELDS = (
     "seconds_passes",
     "seconds",
     "resumed",
+    "note",
     "input_sha256",
     "config_sha256",
     "output_sha256",
@@ -185,7 +194,7 @@ class ZooJob:
 
 def _new_record(rel: str) -> dict[str, Any]:
     rec: dict[str, Any] = {k: None for k in FIELDS}
-    rec.update(model=rel, status="failed", error="", error_type="", resumed=False, files=[])
+    rec.update(model=rel, status="failed", error="", error_type="", resumed=False, note="", files=[])
     return rec
 
 
@@ -246,7 +255,12 @@ def _optimize_job(job: ZooJob, rec: dict[str, Any]) -> None:
         limit = job.calib.limit if job.calib.limit is not None else recipe.calibration_limit
         calibration = open_calibration(job.calib.calibration, proto, limit=limit)
     feeds = None
-    if job.check:
+    if job.check and rec["input_bytes"] > CHECK_MAX_BYTES:
+        # onnxruntime takes a model over 2 GB only from a path with external data,
+        # and the check runs serialized models: optimize and write, but say so.
+        rec["note"] = f"check skipped: the model is over {CHECK_MAX_BYTES / 2**30:.1f} GB"
+        logger.warning("zoo: %s: %s", job.rel, rec["note"])
+    elif job.check:
         n = max(1, job.check_samples)
         if job.calib.data is not None:
             feeds = load_feeds(job.calib.data)[:n]
@@ -263,6 +277,7 @@ def _optimize_job(job: ZooJob, rec: dict[str, Any]) -> None:
         latency=job.latency_repeats > 0,
     )
     b, a = result.before, result.after
+    assert b is not None and a is not None
     rec.update(
         nodes_before=b.nodes,
         nodes_after=a.nodes,
@@ -284,7 +299,7 @@ def _optimize_job(job: ZooJob, rec: dict[str, Any]) -> None:
     rec["output_bytes"] = sum((staging / f).stat().st_size for f in files)
     rec["output_sha256"] = _files_sha256([staging / f for f in files])
     rec["status"] = "ok" if report is None or report.passed else "check_failed"
-    if rec["status"] == "check_failed":
+    if report is not None and rec["status"] == "check_failed":
         worst = [o for o in report.outputs if not o.passed]
         rec["error"] = f"check failed: output {worst[0].name!r} ({worst[0].level}): {worst[0].reason}"
         rec["error_type"] = "CheckFailed"
@@ -554,7 +569,13 @@ def _run_ray(
         raise InputError("--ray needs the 'ray' package: pip install 'onnxpress[ray]'") from None
     started_here = False
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise InputError(
+                f"--ray {address}: cannot connect to a Ray cluster ({_one_line(exc)}); start one with "
+                "'ray start --head', or use --ray local to start one in this process"
+            ) from None
         started_here = True
     try:
         task = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_job)
@@ -915,4 +936,6 @@ def summary_table(records: Sequence[Mapping[str, Any]]) -> str:
     for r in records:
         if r["status"] not in OK_STATUSES:
             rows.append(f"  {r['model']}: {r['status']}: {r.get('error_type') or ''}: {r.get('error') or ''}")
+        elif r.get("note"):
+            rows.append(f"  {r['model']}: note: {r['note']}")
     return "\n".join(rows)

@@ -8,6 +8,13 @@ one at a time and gives each captured array to its tensor's collectors, then
 drops it. Memory is the model, one sample's activations and the collectors,
 whatever the number of samples.
 
+A model whose weights are left in external data (a proto from
+``Model.to_proto(external=True)`` or ``load_proto(path, external=True)``, whose
+tensors carry ``basepath``) is never loaded here: the copy holds only the stubs,
+and :func:`~onnxpress.runtime_check.make_session` hands onnxruntime a small
+model file beside the data; the initializer values captured directly are read
+from their file.
+
 Tensors inside ``If`` branches (Silero VAD computes its LSTM inside one) are
 exposed by threading them out: the tensor becomes an extra output of its
 branch (through an ``Identity``), the other branch outputs an empty tensor of
@@ -28,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import CheckError, InputError, InputNameError
+from ..graph.model import tensor_array
 from ..runtime_check.compare import make_session
 from ..runtime_check.inputs import validate_feeds
 from .collectors import Collector
@@ -277,7 +284,8 @@ def capture(
     initializer, without a round trip through onnxruntime.
 
     Args:
-        model: the model (a ``ModelProto`` with its weights loaded); never modified.
+        model: the model (a ``ModelProto`` with its weights loaded, or left in
+            external data with ``basepath``); never modified.
         tensors: names of tensors to capture (see :func:`capturable_tensors`);
             duplicates are ignored.
         data: feed dicts, e.g. a :class:`~onnxpress.calibration.CalibrationData`;
@@ -353,7 +361,7 @@ def capture(
     feed_names = {i.name for i in model.graph.input}
     # Initializer values (also the defaults of overridable inputs), converted once.
     wanted = set(trivial)
-    init_values = {x.name: numpy_helper.to_array(x) for x in model.graph.initializer if x.name in wanted}
+    init_values = {x.name: tensor_array(x) for x in model.graph.initializer if x.name in wanted}
 
     validate = not isinstance(data, CalibrationData)
     total = data.count if isinstance(data, CalibrationData) else (len(data) if isinstance(data, Sized) else None)

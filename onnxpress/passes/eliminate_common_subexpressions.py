@@ -129,6 +129,7 @@ class EliminateCommonSubexpressions(Pass):
         if not _is_sorted(g):
             g.toposort(recurse_subgraphs=False, recurse_functions=False)
         seen: dict[Hashable, gs.Node] = {}
+        key_of: dict[int, Hashable] = {}  # id(node) -> its key in ``seen``
         dead: list[gs.Node] = []
         for node in list(g.nodes):
             key = _key(node)
@@ -137,6 +138,7 @@ class EliminateCommonSubexpressions(Pass):
             keep = seen.get(key)
             if keep is None:
                 seen[key] = node
+                key_of[id(node)] = key
                 continue
             pairs = list(zip(keep.outputs, node.outputs))
             if any(id(a) in outputs and id(b) in outputs for a, b in pairs if a.name):
@@ -150,6 +152,15 @@ class EliminateCommonSubexpressions(Pass):
                     # ``b`` is a graph output: ``keep`` writes it, ``a``'s readers follow.
                     replace_uses(a, b)
                     keep.outputs[k] = b
+                    # Readers of ``a`` already visited now read ``b``: re-key them, so
+                    # a later duplicate of one of them (reading ``b``) still matches.
+                    for reader in b.outputs:
+                        old = key_of.get(id(reader))
+                        if old is not None and seen.get(old) is reader:
+                            del seen[old]
+                            new = _key(reader)
+                            key_of[id(reader)] = new
+                            seen.setdefault(new, reader)
                 else:
                     replace_uses(b, a)
             dead.append(node)

@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from ..graph import Model, TensorType, constant_array, iter_graphs
+from ..graph.model import ExternalValues
 from ._rewrite import ONNX_DOMAINS, all_graph_outputs, remove_nodes, replace_uses
 from .base import Context, Pass, PassResult, register
 
@@ -168,12 +169,20 @@ class FoldConstants(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         shapes = self.shapes(model) if self.fold_shapes else {}
         graph_outputs = all_graph_outputs(model)
-        folded = shape_folded = skipped_large = 0
-        for g in iter_graphs(model.graph):
-            n, s, big = self._fold_graph(model, g, shapes, graph_outputs)
-            folded += n
-            shape_folded += s
-            skipped_large += big
+        folded = shape_folded = 0
+        # Repeat until nothing folds: a shape query (``Gather(Shape(x), i)``) is
+        # folded without onnxruntime only when ``i`` is already a constant, so an
+        # index that is itself folded in this round is picked up by the next one.
+        while True:
+            round_folded = skipped_large = 0
+            for g in iter_graphs(model.graph):
+                n, s, big = self._fold_graph(model, g, shapes, graph_outputs)
+                round_folded += n
+                shape_folded += s
+                skipped_large += big
+            folded += round_folded
+            if not round_folded:
+                break
         if folded:
             logger.info("fold-constants: folded %d nodes (%d from shapes)", folded, shape_folded)
         return PassResult(
@@ -303,7 +312,9 @@ class FoldConstants(Pass):
             for t in n.inputs:
                 if not t.name or id(t) in produced or t.name in inits:
                     continue
-                if isinstance(t, gs.Constant):
+                if isinstance(t, gs.Constant) and isinstance(t._values, ExternalValues):  # weights left on disk
+                    inits[t.name] = onnx.numpy_helper.from_array(constant_array(t), t.name)
+                elif isinstance(t, gs.Constant):
                     inits[t.name] = OnnxExporter.export_tensor_proto(t)
                 else:
                     inits[t.name] = onnx.numpy_helper.from_array(known[id(t)], t.name)

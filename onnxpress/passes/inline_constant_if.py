@@ -45,18 +45,30 @@ class InlineConstantIf(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         inlined = dropped = 0
-        for g in list(iter_graphs(model.graph)):
-            for node in list(g.nodes):
+        # Graphs are visited parents first and found from the current nodes, so an
+        # If moved up by inlining its parent is visited in its new graph (and the
+        # untaken branches, now gone, are not visited at all).
+        stack = [model.graph, *reversed(list(getattr(model.graph, "functions", None) or []))]
+        while stack:
+            g = stack.pop()
+            i = 0
+            while i < len(g.nodes):
+                node = g.nodes[i]
                 if node.op != "If" or node.domain not in ONNX_DOMAINS or not model.is_constant(node.inputs[0]):
+                    i += 1
                     continue
                 cond = constant_array(node.inputs[0])
                 if cond.size != 1:
+                    i += 1
                     continue
                 taken = node.attrs["then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"]
                 other = node.attrs["else_branch" if bool(cond.reshape(-1)[0]) else "then_branch"]
                 dropped += sum(len(sg.nodes) for sg in _graphs_below(other))
                 self._inline(model, g, node, taken)
-                inlined += 1
+                inlined += 1  # the taken branch's nodes now start at position i: visit them next
+            stack.extend(
+                reversed([v for n in g.nodes for v in n.attrs.values() if isinstance(v, gs.Graph)])
+            )
         if inlined:
             logger.info("inline-constant-if: inlined %d If nodes (%d nodes of untaken branches dropped)", inlined, dropped)
         return PassResult(modified=inlined > 0, stats={"ifs_inlined": inlined, "branch_nodes_dropped": dropped})

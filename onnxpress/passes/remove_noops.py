@@ -70,6 +70,9 @@ _EXACT: dict[int, set[int]] = {
 # Slice ends at or above this are taken as "to the end" for a dynamic dim.
 _DYNAMIC_END = 2**31 - 1
 
+# Cap on the rounds of one run (each re-infers shapes after removals).
+_MAX_ROUNDS = 8
+
 
 def cast_is_exact(src: int, dst: int) -> bool:
     """True when casting ``src`` to ``dst`` (TensorProto dtypes) and back is lossless."""
@@ -110,26 +113,34 @@ class RemoveNoops(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         self._model = model
-        self._shapes = self.shapes(model)
         self._outputs = all_graph_outputs(model)
         counts: dict[str, int] = {}
         self._counts = counts
+        self._local = set()
         try:
-            for g in iter_graphs(model.graph):
-                self._local = {id(n) for n in g.nodes}
-                for node in list(g.nodes):
-                    if not node.outputs or node.domain not in ONNX_DOMAINS:
-                        continue  # removed earlier in this loop, or a custom op
-                    check = getattr(self, f"_check_{node.op}", None)
-                    if check is None:
-                        continue
-                    try:
-                        kind = check(g, node)
-                    except _Ref:
-                        continue
-                    if kind:
-                        counts[kind] = counts.get(kind, 0) + 1
-                        logger.debug("remove-noops: %s (%s) -> %s", node.name, node.op, kind)
+            # A removal can let shape inference see more (an ``Add`` of zeros on a
+            # Split's sizes hides the output shapes that prove a later ``Mul`` by
+            # ones a no-op): repeat with fresh shapes until a round removes nothing.
+            for _ in range(_MAX_ROUNDS):
+                before = sum(counts.values())
+                self._shapes = self.shapes(model)
+                for g in iter_graphs(model.graph):
+                    self._local = {id(n) for n in g.nodes}
+                    for node in list(g.nodes):
+                        if not node.outputs or node.domain not in ONNX_DOMAINS:
+                            continue  # removed earlier in this loop, or a custom op
+                        check = getattr(self, f"_check_{node.op}", None)
+                        if check is None:
+                            continue
+                        try:
+                            kind = check(g, node)
+                        except _Ref:
+                            continue
+                        if kind:
+                            counts[kind] = counts.get(kind, 0) + 1
+                            logger.debug("remove-noops: %s (%s) -> %s", node.name, node.op, kind)
+                if sum(counts.values()) == before:
+                    break
         finally:
             del self._model, self._shapes, self._local, self._counts, self._outputs
         removed = sum(counts.values())

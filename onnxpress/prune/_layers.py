@@ -187,9 +187,20 @@ def _dq_info(model: Model, t: gs.Tensor, int_kind: str) -> QuantInfo | None:
     return QuantInfo(dq, q, s, z, axis)
 
 
-def _weight(model: Model, t: gs.Tensor, kind: str) -> tuple[np.ndarray, QuantInfo | None] | None:
+def constant_node_value(model: Model, t: gs.Tensor) -> np.ndarray | None:
+    """The value of ``t`` when it is a Constant tensor or the output of a ``Constant`` node."""
     if model.is_constant(t):
-        a = constant_array(t)
+        return constant_array(t)
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and t.inputs[0].domain in _ONNX:
+        v = t.inputs[0].attrs.get("value")
+        if isinstance(v, gs.Constant):
+            return constant_array(v)
+    return None
+
+
+def _weight(model: Model, t: gs.Tensor, kind: str) -> tuple[np.ndarray, QuantInfo | None] | None:
+    a = constant_node_value(model, t)
+    if a is not None:
         return (a.astype(np.float64), None) if a.dtype.kind == "f" else None
     info = _dq_info(model, t, kind)
     return None if info is None else (dq_value(info), info)
@@ -244,7 +255,7 @@ class _Skip(Exception):
 def _layer(model: Model, g: gs.Graph, node: gs.Node, outputs: set[int], quantized: bool) -> Layer:
     op = node.op
     x = node.inputs[0]
-    if model.is_constant(x):
+    if constant_node_value(model, x) is not None:
         raise _Skip("the activation input is a constant")
     got = _weight(model, node.inputs[1], "w")
     if got is None:
@@ -308,8 +319,8 @@ def _layer(model: Model, g: gs.Graph, node: gs.Node, outputs: set[int], quantize
             if a.op == "Add" and a.domain in _ONNX and len(a.inputs) == 2 and a.outputs:
                 side = 1 if a.inputs[0] is out else 0
                 other = a.inputs[side]
-                if other is not out and model.is_constant(other):
-                    c = constant_array(other)
+                c = constant_node_value(model, other) if other is not out else None
+                if c is not None:
                     rb = _row_bias(c, n) if c.dtype.kind == "f" else None
                     if rb is not None:
                         b, add, out = rb, (a, side), a.outputs[0]

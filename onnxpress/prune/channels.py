@@ -125,7 +125,7 @@ def channel_importance(
     tensors = list(dict.fromkeys(s.input for s in sinks))
     if not tensors:
         return score
-    proto = model.to_proto()
+    proto = model.to_proto(external=True)
     data = _limited(calibration, limit)
     captured = capture(
         proto, tensors, data, lambda t: [PerChannel(axis=dg.ann[t].axis)], progress=False, desc="prune-channels"
@@ -240,6 +240,11 @@ class PruneChannels(Pass):
                 skipped[why] = skipped.get(why, 0) + 1
         for why in dg.unattached:
             self.report.append(("-", why))
+        if removed:
+            names = NameGenerator(model)
+            for node in [s.node for s in dg.sources] + [s.node for s in dg.sinks]:
+                if not node.name:  # distillation finds layers by name
+                    node.name = names.new(f"{node.op}_pruned")
         masks = dg.apply(removed) if removed else {}
         pruned_layers = self._record(dg, masks, model) if removed else []
         ctx.options["pruned_layers"] = list(ctx.options.get("pruned_layers", [])) + pruned_layers
@@ -293,14 +298,10 @@ class PruneChannels(Pass):
         return removed
 
     def _record(self, dg: DepGraph, masks: dict[str, np.ndarray], model: Model) -> list[PrunedLayer]:
-        names = None
         out = []
         for sink in dg.sinks:
             m = masks.get(sink.input)
             if m is None or m.all():
                 continue
-            if not sink.node.name:
-                names = names or NameGenerator(model)
-                sink.node.name = names.new(f"{sink.node.op}_pruned")
             out.append(PrunedLayer(sink.node.name, np.flatnonzero(m).astype(np.int64), sink.weight.name))
         return out

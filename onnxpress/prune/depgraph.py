@@ -826,7 +826,7 @@ class DepGraph:
         c = len(a.ids)
         mapped = reshape_axis(ins, outs, a.axis, c)
         if mapped is None:
-            raise _Pinned(f"{node.op} from {ins} to {outs} splits the channel axis or mixes it with dynamic dims")
+            raise _Pinned(f"splits the channel axis or merges it with dynamic dims: {ins} -> {outs}")
         k, idx = mapped
         ann = Ann(k, a.ids[idx])
         if node.op == "Reshape":
@@ -1242,7 +1242,7 @@ class DepGraph:
             return masks[name]
 
         def replace(node: gs.Node, index: int, value: np.ndarray, base: str) -> None:
-            node.inputs[index] = gs.Constant(names.new(base), np.ascontiguousarray(value))
+            node.inputs[index] = gs.Constant(names.new(base), np.array(value, order="C"))
 
         for e in self._edits:
             if isinstance(e, _Slice):
@@ -1255,7 +1255,7 @@ class DepGraph:
                 key = (id(t), e.axis, m.tobytes())
                 if key not in cache:
                     value = np.compress(m, _const_value(t), axis=e.axis)
-                    cache[key] = gs.Constant(names.new(f"{t.name}_pruned"), np.ascontiguousarray(value))
+                    cache[key] = gs.Constant(names.new(f"{t.name}_pruned"), np.array(value, order="C"))
                 e.node.inputs[e.index] = cache[key]
             elif isinstance(e, _Entry):
                 m = mask_of(e.tensor)

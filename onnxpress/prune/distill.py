@@ -40,10 +40,16 @@ stride, dilation, padding; grouped convs solve each group); a layer with more
 than ``max_features`` features per group is not refit (reported).
 
 The solve is ridge regression pulled toward the current weight ``W0``:
-``(A^T A + lambda I) W = A^T Y + lambda W0`` with ``lambda = ridge *
+``(A^T A + lambda I) W = A^T Y + lambda W0`` with ``lambda = r *
 mean(diag(A^T A))``, so data-poor directions keep their current value and the
-calibration error can only go down. A sparse row is solved on its kept
-features (exactly, or by preconditioned conjugate gradients on large layers).
+calibration error can only go down. ``r`` is chosen per layer on held-out
+calibration samples (every ``holdout``-th sample is accumulated apart): the
+grid ``ridge * 10**k`` (``k = -1..2``) is fit on the other samples and scored
+on those; when the current weight scores best the layer is left as it is
+(few samples and many features, e.g. a dense layer fed one row per sample,
+would otherwise overfit). The chosen ``r`` is then refit on all samples. A
+sparse row is solved on its kept features (exactly, or by preconditioned
+conjugate gradients on large layers).
 
 Layers are refit in ``rounds`` contiguous chunks in graph order, each chunk
 with statistics captured after the previous chunk was refit, so later layers
@@ -132,25 +138,42 @@ class GramStats:
     output of the same sample is read from ``teacher()``. Accumulates, with
     ``A = [features, 1]`` per group (``[rows, groups, D+1]``):
 
+    Every ``holdout``-th sample (the 4th, 8th, ...; 0: none) is accumulated
+    apart, as validation data for choosing the ridge weight.
+
     Attributes:
-        ata: float64 ``[groups, D+1, D+1]``, ``sum A^T A``.
-        aty: float64 ``[groups, D+1, Mg]``, ``sum A^T Y_t``.
-        yty: float64 ``[M]``, ``sum Y_t^2`` per output channel.
-        count: rows seen.
+        parts: per part (0: fit, 1: validation) ``(ata, aty, yty)`` with
+            ``ata`` float64 ``[groups, D+1, D+1]`` (``sum A^T A``), ``aty``
+            ``[groups, D+1, Mg]`` (``sum A^T Y_t``), ``yty`` ``[M]`` (``sum Y_t^2``).
+        ata, aty, yty: the sums over both parts.
+        count: rows seen; samples: samples seen (per part: ``part_samples``).
         mismatch: a sample's teacher output did not match the layer's rows.
     """
 
-    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None]) -> None:
+    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None], holdout: int = 0) -> None:
         self.layer = layer
         self.teacher = teacher
+        self.holdout = int(holdout)
         g = layer.groups
         d = layer.in_features
         mg = layer.out_channels // g
-        self.ata = np.zeros((g, d + 1, d + 1))
-        self.aty = np.zeros((g, d + 1, mg))
-        self.yty = np.zeros(layer.out_channels)
+        self.parts = [(np.zeros((g, d + 1, d + 1)), np.zeros((g, d + 1, mg)), np.zeros(layer.out_channels)) for _ in range(2)]
+        self.part_samples = [0, 0]
         self.count = 0
+        self.samples = 0
         self.mismatch = ""
+
+    @property
+    def ata(self) -> np.ndarray:
+        return self.parts[0][0] + self.parts[1][0]
+
+    @property
+    def aty(self) -> np.ndarray:
+        return self.parts[0][1] + self.parts[1][1]
+
+    @property
+    def yty(self) -> np.ndarray:
+        return self.parts[0][2] + self.parts[1][2]
 
     def update(self, x: np.ndarray) -> None:
         if self.mismatch:
@@ -168,20 +191,26 @@ class GramStats:
         rows, g, d = a.shape
         a = np.concatenate([a, np.ones((rows, g, 1))], axis=2)
         yg = yr.reshape(rows, g, -1)
+        self.samples += 1
+        part = 1 if self.holdout and self.samples % self.holdout == 0 else 0
+        ata, aty, yty = self.parts[part]
         if g == 1:
-            self.ata[0] += a[:, 0].T @ a[:, 0]
-            self.aty[0] += a[:, 0].T @ yg[:, 0]
+            ata[0] += a[:, 0].T @ a[:, 0]
+            aty[0] += a[:, 0].T @ yg[:, 0]
         else:
-            self.ata += np.einsum("rgd,rge->gde", a, a, optimize=True)
-            self.aty += np.einsum("rgd,rgm->gdm", a, yg, optimize=True)
-        self.yty += np.einsum("rm,rm->m", yr, yr)
+            ata += np.einsum("rgd,rge->gde", a, a, optimize=True)
+            aty += np.einsum("rgd,rgm->gdm", a, yg, optimize=True)
+        yty += np.einsum("rm,rm->m", yr, yr)
+        self.part_samples[part] += 1
         self.count += rows
 
-    def error(self, w_aug: np.ndarray) -> np.ndarray:
-        """Per output channel ``sum (A w - y)^2`` for ``w_aug [groups, D+1, Mg]``."""
-        quad = np.einsum("gdm,gde,gem->gm", w_aug, self.ata, w_aug, optimize=True)
-        lin = np.einsum("gdm,gdm->gm", w_aug, self.aty)
-        return np.maximum(quad - 2 * lin + self.yty.reshape(quad.shape), 0.0).reshape(-1)
+    def error(self, w_aug: np.ndarray, part: int | None = None) -> np.ndarray:
+        """Per output channel ``sum (A w - y)^2`` for ``w_aug [groups, D+1, Mg]``
+        over all data, or over one part (0: fit, 1: validation)."""
+        ata, aty, yty = (self.ata, self.aty, self.yty) if part is None else self.parts[part]
+        quad = np.einsum("gdm,gde,gem->gm", w_aug, ata, w_aug, optimize=True)
+        lin = np.einsum("gdm,gdm->gm", w_aug, aty)
+        return np.maximum(quad - 2 * lin + yty.reshape(quad.shape), 0.0).reshape(-1)
 
 
 class OutputPair:
@@ -239,7 +268,10 @@ class OutputPair:
 
 
 # -------------------------------------------------------------------- solvers
-def ridge_solve(h: np.ndarray, g: np.ndarray, w0: np.ndarray, lam: float, free: np.ndarray | None = None, cg_iters: int = 200) -> np.ndarray:
+def ridge_solve(
+    h: np.ndarray, g: np.ndarray, w0: np.ndarray, lam: float, free: np.ndarray | None = None,
+    cg_iters: int = 60, cg_tol: float = 1e-6,
+) -> np.ndarray:
     """Minimize ``sum_m w_m^T H w_m - 2 w_m^T g_m + lam ||w_m - w0_m||^2``.
 
     Args:
@@ -269,12 +301,23 @@ def ridge_solve(h: np.ndarray, g: np.ndarray, w0: np.ndarray, lam: float, free: 
             if idx.size:
                 out[np.ix_(idx, cols)] = _spd_solve(a[np.ix_(idx, idx)], rhs[np.ix_(idx, cols)])
         return out
-    # Batched PCG over all columns at once, restricted to the free entries.
+    # Batched preconditioned CG over all columns at once, restricted to the free
+    # entries; the preconditioner is the dense inverse (masked), which is close
+    # to the masked system's inverse when most entries are free.
     mask = free.astype(np.float64)
+    try:
+        pinv = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        pinv = np.diag(1.0 / np.maximum(np.diag(a), 1e-300))
+    # Start from the current (pruned) weight or the masked dense solution,
+    # whichever has the smaller residual.
     x = w0 * mask
-    diag = np.maximum(np.diag(a), 1e-300)[:, None]
     r = (rhs - a @ x) * mask
-    z = r / diag
+    x2 = _spd_solve(a, rhs) * mask
+    r2 = (rhs - a @ x2) * mask
+    if np.linalg.norm(r2) < np.linalg.norm(r):
+        x, r = x2, r2
+    z = (pinv @ r) * mask
     p = z.copy()
     rz = np.einsum("dm,dm->m", r, z)
     norm0 = np.sqrt(np.einsum("dm,dm->m", rhs * mask, rhs * mask)) + 1e-300
@@ -283,9 +326,9 @@ def ridge_solve(h: np.ndarray, g: np.ndarray, w0: np.ndarray, lam: float, free: 
         alpha = rz / np.maximum(np.einsum("dm,dm->m", p, ap), 1e-300)
         x += alpha * p
         r -= alpha * ap
-        if np.all(np.sqrt(np.einsum("dm,dm->m", r, r)) <= 1e-8 * norm0):
+        if np.all(np.sqrt(np.einsum("dm,dm->m", r, r)) <= cg_tol * norm0):
             break
-        z = r / diag
+        z = (pinv @ r) * mask
         rz_new = np.einsum("dm,dm->m", r, z)
         p = z + (rz_new / np.maximum(rz, 1e-300)) * p
         rz = rz_new
@@ -369,7 +412,12 @@ class Distill(Pass):
     """Refit compressed layers to the teacher's activations (see the module docstring).
 
     Options:
-        ridge: ridge weight relative to the mean diagonal of the input Gram matrix.
+        ridge: ridge weight relative to the mean diagonal of the input Gram matrix;
+            with ``holdout`` it is the base of the grid searched
+            (``ridge * 10**k``, ``k = -1..2``).
+        holdout: every ``holdout``-th calibration sample is held out to choose
+            the ridge weight (and to keep the current weight when no refit
+            beats it there); 0 uses ``ridge`` as is.
         rounds: contiguous chunks of layers refit one after the other (>= 1).
         max_features: largest input features per group (``C/g * k``) to refit.
         gptq: GPTQ rounding of quantized MatMul/Gemm weights.
@@ -387,6 +435,7 @@ class Distill(Pass):
     summary = "refit compressed layers (pruned, low-rank, quantized) to the teacher's outputs by ridge least squares, GPTQ and bias correction"
 
     ridge: float = 1e-2
+    holdout: int = 4
     rounds: int = 4
     max_features: int = 2304
     gptq: bool = True
@@ -432,7 +481,7 @@ class Distill(Pass):
             raise InputError("distill needs the teacher (the original model) in ctx.teacher")
         if ctx.calibration is None:
             raise InputError("distill needs calibration data (--calib)")
-        teacher = ctx.teacher if isinstance(ctx.teacher, onnx.ModelProto) else ctx.teacher.to_proto()
+        teacher = ctx.teacher if isinstance(ctx.teacher, onnx.ModelProto) else ctx.teacher.to_proto(external=True)
         return self._distill(model, teacher, ctx, candidates)
 
     # ------------------------------------------------------------ selection
@@ -607,7 +656,7 @@ class Distill(Pass):
                 t.bias_pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out))
                 collectors.setdefault(t.layer.out.name, []).append(t.bias_pair)
             else:
-                t.gram = GramStats(t.layer, teacher_value(t.teacher_out))
+                t.gram = GramStats(t.layer, teacher_value(t.teacher_out), holdout=self.holdout if t.kind == "refit" else 0)
                 collectors.setdefault(t.layer.x.name, []).append(t.gram)
             t_names.append(t.teacher_out)
         if first:
@@ -622,7 +671,7 @@ class Distill(Pass):
                 t_names.append(t_name)
         stash = _Stash(teacher, t_names, self._data(ctx))
         stash_ref.append(stash)
-        capture(model.to_proto(), list(collectors), stash, collectors, progress=False, desc="distill")
+        capture(model.to_proto(external=True), list(collectors), stash, collectors, progress=False, desc="distill")
 
     def _measure(self, model, teacher, ctx, targets, pairs, out_names, t_out_names, model_after) -> None:
         from ..calibration import capture
@@ -646,7 +695,7 @@ class Distill(Pass):
             t_names.append(t_name)
         stash = _Stash(teacher, t_names, self._data(ctx))
         stash_ref.append(stash)
-        capture(model.to_proto(), list(collectors), stash, collectors, progress=False, desc="distill")
+        capture(model.to_proto(external=True), list(collectors), stash, collectors, progress=False, desc="distill")
 
     # ------------------------------------------------------------ solving
     def _apply(self, model: Model, t: _Target, undo: list, stats: dict) -> bool:
@@ -664,32 +713,26 @@ class Distill(Pass):
         has_bias = layer.b is not None or layer.op == "Conv" or (layer.op == "Gemm" and not layer.quantized)
         b0 = layer.b if layer.b is not None else np.zeros(layer.out_channels)
         w0 = np.concatenate([np.transpose(rows, (0, 2, 1)), b0.reshape(g, 1, mg)], axis=1)  # [g, D+1, Mg]
-        new = np.empty_like(w0)
         q_new = None
-        for gi in range(g):
-            h = gs_.ata[gi]
-            rhs = gs_.aty[gi]
-            hh, rr, ww = (h, rhs, w0[gi]) if has_bias else (h[:d, :d], rhs[:d], w0[gi][:d])
-            lam = self.ridge * max(float(np.mean(np.diag(hh))), 1e-12)
-            free = None
-            if t.free is not None:
-                free = t.free[gi].T  # [D, Mg]
-                if has_bias:
-                    free = np.vstack([free, np.ones((1, mg), bool)])
-            if t.kind == "gptq":
-                quant = _row_quant(layer)
-                if quant is None:
-                    stats[f"skipped:{layer.name}"] = 1
+        if t.kind == "gptq":
+            quant = _row_quant(layer)
+            if quant is None:
+                stats[f"skipped:{layer.name}"] = 1
+                return False
+            new, q_new = self._gptq(t, gs_, w0, has_bias, quant)
+        else:
+            rel = self.ridge
+            if all(gs_.part_samples):  # choose the ridge weight on the held-out part
+                errs = {None: float(gs_.error(w0, 1).sum())}  # None: keep the current weight
+                for r in self.ridge * np.array([0.1, 1.0, 10.0, 100.0]):
+                    fit = self._ridge_fit(t, gs_, w0, has_bias, r, part=0, cg_iters=15)
+                    errs[float(r)] = float(gs_.error(fit, 1).sum())
+                rel = min(errs, key=lambda k: errs[k])
+                stats[f"ridge:{layer.name}"] = -1.0 if rel is None else rel
+                if rel is None:
+                    logger.debug("distill: %s: no ridge weight beats the current weight on held-out samples", layer.name)
                     return False
-                scale, zp, qmin, qmax = quant
-                wf = np.transpose(layer.rows(t.float_ref.astype(np.float64))[gi])  # [D, Mg]
-                target = np.vstack([wf, ww[d:]]) if has_bias else wf
-                q_new, sol = gptq_round(hh, target, scale, zp, qmin, qmax, n_quant=d, damp=self.gptq_damp)
-                if has_bias:  # empirical bias correction on top: the mean residual against the teacher
-                    sol[d] += (rr[d] - hh[d] @ sol) / max(hh[d, d], 1e-300)
-            else:
-                sol = ridge_solve(hh, rr, ww, lam, free)
-            new[gi] = sol if has_bias else np.vstack([sol, w0[gi][d:]])
+            new = self._ridge_fit(t, gs_, w0, has_bias, rel, part=None)
         err_old = float(gs_.error(w0).sum())
         err_new = float(gs_.error(new).sum())
         if not err_new < err_old:
@@ -700,6 +743,44 @@ class Distill(Pass):
         self._write(model, layer, new_rows, new_b, q_new, undo)
         logger.debug("distill: %s (%s) layer error %.4g -> %.4g", layer.name, t.kind, err_old, err_new)
         return True
+
+    def _ridge_fit(
+        self, t: _Target, gs_: GramStats, w0: np.ndarray, has_bias: bool, rel: float, part: int | None, cg_iters: int = 60,
+    ) -> np.ndarray:
+        """Ridge solution ``[g, D+1, Mg]`` on one part (or all) of the statistics."""
+        ata, aty, _ = (gs_.ata, gs_.aty, None) if part is None else gs_.parts[part]
+        g, d1, mg = w0.shape
+        d = d1 - 1
+        new = np.empty_like(w0)
+        for gi in range(g):
+            h, rhs, ww = (ata[gi], aty[gi], w0[gi]) if has_bias else (ata[gi][:d, :d], aty[gi][:d], w0[gi][:d])
+            lam = rel * max(float(np.mean(np.diag(h))), 1e-12)
+            free = None
+            if t.free is not None:
+                free = t.free[gi].T  # [D, Mg]
+                if has_bias:
+                    free = np.vstack([free, np.ones((1, mg), bool)])
+            sol = ridge_solve(h, rhs, ww, lam, free, cg_iters=cg_iters, cg_tol=1e-5)
+            new[gi] = sol if has_bias else np.vstack([sol, w0[gi][d:]])
+        return new
+
+    def _gptq(self, t: _Target, gs_: GramStats, w0: np.ndarray, has_bias: bool, quant) -> tuple[np.ndarray, np.ndarray]:
+        """GPTQ of the float reference weight, then the mean residual into the bias."""
+        layer = t.layer
+        scale, zp, qmin, qmax = quant
+        _, d1, mg = w0.shape
+        d = d1 - 1
+        h, rhs = gs_.ata[0], gs_.aty[0]
+        if not has_bias:
+            h, rhs = h[:d, :d], rhs[:d]
+        wf = np.transpose(layer.rows(t.float_ref.astype(np.float64))[0])  # [D, Mg]
+        target = np.vstack([wf, w0[0][d:]]) if has_bias else wf
+        q, sol = gptq_round(h, target, scale, zp, qmin, qmax, n_quant=d, damp=self.gptq_damp)
+        if has_bias:  # empirical bias correction on top: the mean residual against the teacher
+            sol[d] += (rhs[d] - h[d] @ sol) / max(h[d, d], 1e-300)
+        else:
+            sol = np.vstack([sol, w0[0][d:]])
+        return sol[None], q
 
     def _bias_correct(self, model: Model, t: _Target, undo: list) -> bool:
         p = t.bias_pair

@@ -329,7 +329,7 @@ class PruneWeights(Pass):
         wanted: dict[str, int] = {}
         for layer in layers:
             wanted.setdefault(layer.x.name, layer.channel_axis)
-        proto = model.to_proto()
+        proto = model.to_proto(external=True)
         got = capture(proto, list(wanted), data, lambda t: [PerChannel(axis=wanted[t])], progress=False, desc="prune-weights")
         norms = {}
         for layer in layers:

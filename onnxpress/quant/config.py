@@ -14,9 +14,22 @@ Activation dtype per target (see ``shared/ARM.md`` and ``shared/PEERS.md``):
   full 8-bit weights ``255*127*2 = 64770`` overflows int16 and results silently
   degrade on such CPUs only. With 7-bit weights the sum is at most
   ``255*64*2 = 32640`` and cannot saturate. Measured on this project's AVX2 machine
-  (``benchmarks/quant.py``): the 7-bit U8S8 model keeps the fast U8S8 kernels,
-  while S8S8 QDQ convolutions are not fused to QLinearConv on x86 and run as
-  DequantizeLinear -> float Conv -> QuantizeLinear (slower than fp32).
+  without VNNI (onnxruntime 1.32, 1 thread, percentile ranges, every layer int8,
+  real inputs; latency vs the fp32 lossless model, loaded machine so +-0.1):
+
+  ======================  ==============  ===============  ================
+  model (metric)          U8S8, 7-bit w   U8S8, 8-bit w    S8S8, 8-bit w
+  ======================  ==============  ===============  ================
+  magika (top-1)          0.98, 0.57x     0.98, 0.59x      0.98, 0.81x
+  PP-OCRv4 rec (exact)    0.875, 0.88x    0.646, 0.56x     0.667, 1.56x
+  PP-OCRv4 det (IoU)      0.71, 1.00x     0.74, 1.01x      0.73, 1.50x
+  ======================  ==============  ===============  ================
+
+  8-bit weights lose PP-OCRv4 rec's accuracy to saturation (0.875 -> 0.646 exact
+  strings), and S8S8 does not avoid it on this CPU (0.667: MLAS shifts signed
+  activations to unsigned for the same ``vpmaddubsw`` kernels) while being slower
+  than fp32 on the conv nets (its QDQ convolutions are not fused to QLinearConv
+  on x86 and run as DequantizeLinear -> float Conv -> QuantizeLinear).
 
 A model quantized for one target runs on every target (QDQ is portable); only
 speed, and on non-VNNI x86 the saturation risk, change.

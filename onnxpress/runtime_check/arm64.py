@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -373,16 +372,20 @@ def _apt_options(apt: Path) -> list[str]:
     return out
 
 
+def _check_apt_tools() -> None:
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise Arm64SetupError("apt", f"{tool} not found: the arm64 emulator setup needs a Debian-like host "
+                                  "(apt-get and dpkg-deb download and unpack Debian's qemu and arm64 python)")
+    if not Path(KEYRING).exists():
+        raise Arm64SetupError("apt", f"{KEYRING} is missing (Debian package debian-archive-keyring); it "
+                              "verifies the Debian archive")
+
+
 def _step_apt(root: Path, log: Callable[[str], None]) -> dict[str, Path]:
     """Download the .debs with a private apt state; returns {package: deb path}."""
     step = "apt"
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise Arm64SetupError(step, f"{tool} not found: the arm64 emulator setup needs a Debian-like host "
-                                  "(apt-get and dpkg-deb download and unpack Debian's qemu and arm64 python)")
-    if not Path(KEYRING).exists():
-        raise Arm64SetupError(step, f"{KEYRING} is missing (Debian package debian-archive-keyring); it "
-                              "verifies the Debian archive")
+    _check_apt_tools()
     apt = root / "apt"
     debs = root / "debs"
     _rmtree(apt)
@@ -443,6 +446,17 @@ def _qemu_version(qemu: Path) -> str:
     return m.group(1) if m else res.stdout.strip().splitlines()[0]
 
 
+def _check_glibc(libc6_version: str) -> str:
+    """The glibc version (``2.36``) of a Debian libc6 version (``2.36-9+deb12u4``),
+    checked against the wheels' manylinux_2_28 floor."""
+    glibc = libc6_version.split(":")[-1].split("-", 1)[0]
+    m = re.match(r"(\d+)\.(\d+)", glibc)
+    if not m or (int(m.group(1)), int(m.group(2))) < MIN_GLIBC:
+        raise Arm64SetupError("glibc", f"the arm64 sysroot has glibc {glibc}, but the onnxruntime aarch64 wheel "
+                              f"is manylinux_2_28 and needs glibc >= {MIN_GLIBC[0]}.{MIN_GLIBC[1]}")
+    return glibc
+
+
 def _step_sysroot(root: Path, debs: dict[str, Path], log: Callable[[str], None]) -> dict:
     step = "sysroot"
     final = root / "sysroot"
@@ -453,11 +467,7 @@ def _step_sysroot(root: Path, debs: dict[str, Path], log: Callable[[str], None])
     for name in ARM64_PACKAGES:
         _run(step, ["dpkg-deb", "-x", str(debs[name]), str(tmp)], f"dpkg-deb -x {debs[name].name}")
         packages[name] = _deb_field(debs[name], "Version")
-    glibc = packages["libc6"].split("-", 1)[0]
-    m = re.match(r"(\d+)\.(\d+)", glibc)
-    if not m or (int(m.group(1)), int(m.group(2))) < MIN_GLIBC:
-        raise Arm64SetupError("glibc", f"the arm64 sysroot has glibc {glibc}, but the onnxruntime aarch64 wheel "
-                              f"is manylinux_2_28 and needs glibc >= {MIN_GLIBC[0]}.{MIN_GLIBC[1]}")
+    glibc = _check_glibc(packages["libc6"])
     if not (tmp / GUEST_PYTHON).exists():
         raise Arm64SetupError(step, f"python3.11-minimal did not provide {GUEST_PYTHON}")
     stdlib = tmp / "usr" / "lib" / f"python{GUEST_PY_VERSION}"
@@ -639,7 +649,12 @@ def setup_arm64(
             apt-get or dpkg-deb are missing, ``apt download``, ``pip download``,
             ``glibc``, ``qemu start``, ``cpu models``).
     """
-    log = log or (lambda _msg: None)
+    user_log = log or (lambda _msg: None)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        user_log(f"[{time.perf_counter() - t_start:5.1f} s] {msg}" if msg.startswith("  ") else msg)
+
     cpus = _check_cpus(cpu_models)
     root = Path(dir).expanduser() if dir else default_arm64_dir()
     root = root.resolve()
@@ -657,29 +672,35 @@ def setup_arm64(
         sysroot = root / "sysroot"
 
         base_ok = qemu.exists() and (sysroot / GUEST_PYTHON).exists() and "packages" in manifest
-        if not base_ok:
-            log(f"arm64 setup in {root}: downloading Debian {DEBIAN_SUITE}'s QEMU and arm64 CPython "
-                f"(about 50 MB, plus 70 MB of aarch64 wheels)")
-            debs = _step_apt(root, log)
-            manifest["qemu_deb"] = _step_qemu(root, debs[QEMU_PACKAGE])
-            manifest.update(_step_sysroot(root, debs, log))
-            _rmtree(root / "debs")
-            _rmtree(root / "views")
-            manifest["cpu_models"] = {}
-            _write_json(root / "manifest.json", manifest)
-            did += ["qemu", "sysroot"]
-        manifest["qemu"] = _qemu_version(qemu)
         site = root / _site_name(ort_version, np_version)
-        if (manifest.get("onnxruntime"), manifest.get("numpy")) != (ort_version, np_version) or not (
+        wheels_ok = (manifest.get("onnxruntime"), manifest.get("numpy")) == (ort_version, np_version) and (
             site / "onnxruntime"
-        ).is_dir():
-            _step_wheels(root, site, ort_version, np_version, log)
-            manifest.update(onnxruntime=ort_version, numpy=np_version)
-            did.append("wheels")
-            if sys.version_info[:2] != (3, 11):
-                log("  host python is not 3.11: precompiling in the guest (slow, once)")
-                _compile_in_guest(_runtime_from(root, manifest), [sysroot / "usr/lib/python3.11", site])
-            _write_json(root / "manifest.json", manifest)
+        ).is_dir()
+        if not base_ok:
+            _check_apt_tools()
+        # The wheels (pip, PyPI) download while apt works (Debian): independent steps.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            wheels = None if wheels_ok else pool.submit(_step_wheels, root, site, ort_version, np_version, log)
+            if not base_ok:
+                log(f"arm64 setup in {root}: downloading Debian {DEBIAN_SUITE}'s QEMU and arm64 CPython "
+                    f"(about 50 MB) and the aarch64 wheels (about 70 MB)")
+                debs = _step_apt(root, log)
+                manifest["qemu_deb"] = _step_qemu(root, debs[QEMU_PACKAGE])
+                manifest.update(_step_sysroot(root, debs, log))
+                _rmtree(root / "debs")
+                _rmtree(root / "views")
+                manifest["cpu_models"] = {}
+                _write_json(root / "manifest.json", manifest)
+                did += ["qemu", "sysroot"]
+            if wheels is not None:
+                wheels.result()
+                manifest.update(onnxruntime=ort_version, numpy=np_version)
+                did.append("wheels")
+        if not wheels_ok and sys.version_info[:2] != (3, 11):
+            log("  host python is not 3.11: precompiling in the guest (slow, once)")
+            _compile_in_guest(_runtime_from(root, manifest), [sysroot / "usr/lib/python3.11", site])
+        manifest["qemu"] = _qemu_version(qemu)
+        _write_json(root / "manifest.json", manifest)
         views = dict(manifest.get("cpu_models", {}))
         new = [c for c in cpus if c not in views or not (root / "views" / c / "proc" / "cpuinfo").exists()
                or views[c].get("processors", 0) < _host_cpus()]

@@ -92,10 +92,22 @@ LEVELS = ("disabled", "enabled")
 def make_session(model: onnx.ModelProto | bytes | str, level: str = "disabled", threads: int = 1):
     """An onnxruntime CPU session with graph optimizations ``disabled`` or ``enabled``.
 
+    A ``ModelProto`` whose weights are left in external data (``basepath``, see
+    :func:`onnxpress.graph.load`) goes to onnxruntime as a small temporary model
+    file written beside its data (removed once the session exists), so the
+    weights are never copied into the proto; if that folder is not writable, the
+    weights are read into a copy instead. A self-contained proto over 64 MB is
+    saved into a temporary folder (with external data above 1.8 GB: protobuf's
+    2 GB limit) rather than serialized, as onnxruntime would keep the bytes for
+    the session's lifetime.
+
     Raises:
         CheckError: onnxruntime refuses the model.
     """
     import onnxruntime as ort
+
+    from ..errors import ExternalDataError
+    from ..graph.io import SESSION_FILE_ABOVE, external_folders, session_file
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
@@ -104,11 +116,37 @@ def make_session(model: onnx.ModelProto | bytes | str, level: str = "disabled", 
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise CheckError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+
+    def create(data):
+        try:
+            return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise CheckError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+
+    if not isinstance(model, onnx.ModelProto):
+        return create(model)
+    if external_folders(model):
+        try:
+            with session_file(model) as path:
+                return create(str(path))
+        except (OSError, ExternalDataError) as exc:  # a read-only folder, or several folders
+            from ..graph.model import is_lazy_external, iter_tensor_protos, materialize_tensor
+
+            logger.warning(
+                "cannot give onnxruntime a temporary model beside the external data (%s): reading the weights "
+                "into memory instead", exc,
+            )
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            for t in iter_tensor_protos(copy):
+                if is_lazy_external(t):
+                    t.CopyFrom(materialize_tensor(t))
+            model = copy
+    if model.ByteSize() > SESSION_FILE_ABOVE:
+        # onnxruntime keeps the bytes it was given for the session's lifetime: a file costs no memory
+        with session_file(model) as path:
+            return create(str(path))
+    return create(model.SerializeToString())
 
 
 # ---------------------------------------------------------------------------------- targets

@@ -73,7 +73,7 @@ class LatencyResult:
 
     @property
     def speedup(self) -> float | None:
-        if self.emulated or not self.candidate.median_ms or not math_finite(self.candidate.median_ms):
+        if self.emulated or not self.candidate.median_ms or not _finite(self.candidate.median_ms):
             return None
         return self.reference.median_ms / self.candidate.median_ms
 
@@ -84,7 +84,7 @@ class LatencyResult:
         return d
 
 
-def math_finite(x: float) -> bool:
+def _finite(x: float) -> bool:
     return bool(np.isfinite(x))
 
 

@@ -28,8 +28,9 @@ Quantized candidates may have been through cross-layer equalization (Nagel et
 al. 2019; ``quantize-int8`` does it for Conv pairs): the tensor between two
 equalized Convs is the reference's scaled per channel, a legitimate change. For
 them each tensor is also compared after the best scale per channel (axis 1) is
-applied; when that rescaled SNR passes, the tensor counts as ``rescaled``, not
-as departing, and its rescaled error is the one carried along the graph.
+applied; when that rescaled SNR is clearly better (by more than 3 dB), the
+tensor counts as ``rescaled``: it is judged by its rescaled SNR, and its
+rescaled error is the one carried along the graph.
 
 Error contribution of a layer: the relative error of its output,
 ``||a - b|| / ||a||``, minus the largest relative error among its inputs (the
@@ -79,8 +80,8 @@ class LayerError:
             starts here.
         snr_rescaled_db: SNR after the best per-channel scale (quantized
             candidates, rank >= 2), else None.
-        rescaled: differs from the reference only by a per-channel scale
-            (cross-layer equalization), within the threshold.
+        rescaled: differs from the reference mostly by a per-channel scale
+            (cross-layer equalization); judged by ``snr_rescaled_db``.
         nonfinite: new NaN/Inf.
         shape_mismatch: the shapes differ.
     """
@@ -103,6 +104,11 @@ class LayerError:
     source: bool = False
     snr_rescaled_db: float | None = None
     rescaled: bool = False
+
+    @property
+    def snr_judged_db(self) -> float:
+        """The SNR the tensor is judged by: rescaled when ``rescaled``."""
+        return self.snr_rescaled_db if self.rescaled and self.snr_rescaled_db is not None else self.snr_db
     nonfinite: int = 0
     shape_mismatch: bool = False
 
@@ -152,9 +158,10 @@ class Localization:
                 "the difference builds up at the outputs"
             )
         f = self.first
+        rescaled = f" (after per-channel rescaling; {_db(f.snr_db)} as is)" if f.rescaled else ""
         return (
             f"first departing tensor: {f.tensor!r} = {f.op_type} node {f.node!r} ({f.where}), "
-            f"SNR {_db(f.snr_db)}, cosine {f.cosine:.6f}, max abs {f.max_abs:.3g}"
+            f"SNR {_db(f.snr_judged_db)}{rescaled}, cosine {f.cosine:.6f}, max abs {f.max_abs:.3g}"
         )
 
     def to_dict(self) -> dict:
@@ -472,7 +479,9 @@ def localize(
             e = s.rel()
             snr = s.snr()
             snr_rescaled = s.snr_rescaled()
-            rescaled = bool(snr < threshold_db and snr_rescaled is not None and snr_rescaled >= threshold_db)
+            # A per-channel scale explains the difference (3 dB better than the plain SNR: least
+            # squares always gains a little): cross-layer equalization, judged after rescaling.
+            rescaled = bool(snr_rescaled is not None and snr_rescaled > snr + 3.0)
             if rescaled:
                 snr_eff = snr_rescaled
                 e = 0.0 if math.isinf(snr_rescaled) else 10 ** (-snr_rescaled / 20)

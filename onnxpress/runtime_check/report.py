@@ -59,7 +59,9 @@ def _shape(o: "OutputMetrics") -> str:
     return "x".join(map(str, o.shape_got)) if o.shape_got == o.shape_ref else f"{o.shape_ref}!={o.shape_got}"
 
 
-def _verdict(o: "OutputMetrics") -> str:
+def _verdict(o: "OutputMetrics", informational: bool = False) -> str:
+    if informational:  # cross-target rows do not decide the check
+        return "within tolerance" if o.passed else f"beyond tolerance ({o.reason})"
     return "ok" if o.passed else f"FAIL ({o.reason})"
 
 
@@ -76,18 +78,19 @@ def _criteria_lines(report: "CheckReport") -> list[str]:
 
 
 # ------------------------------------------------------------------ text
-def _metrics_rows(outputs: Sequence["OutputMetrics"], with_noise: bool = True) -> list[str]:
+def _metrics_rows(outputs: Sequence["OutputMetrics"], with_noise: bool = True, informational: bool = False) -> list[str]:
+    tw = min(max([6] + [len(o.target) for o in outputs]), 32)
     head = (
-        f"{'output':<24} {'target':<18} {'ort opt':<8} {'shape':<16} {'max abs':>10} {'mean abs':>10} "
+        f"{'output':<24} {'target':<{tw}} {'ort opt':<8} {'shape':<16} {'max abs':>10} {'mean abs':>10} "
         f"{'cosine':>10} {'SNR dB':>8} {'top-1':>6}" + (f" {'ORT noise':>10}" if with_noise else "") + "  result"
     )
     rows = [head, "-" * len(head)]
     for o in outputs:
         rows.append(
-            f"{o.name[:24]:<24} {o.target[:18]:<18} {o.level:<8} {_shape(o)[:16]:<16} {o.max_abs:>10.3g} {o.mean_abs:>10.3g} "
+            f"{o.name[:24]:<24} {o.target[:tw]:<{tw}} {o.level:<8} {_shape(o)[:16]:<16} {o.max_abs:>10.3g} {o.mean_abs:>10.3g} "
             f"{o.cosine:>10.6f} {_snr(o.snr_db):>8} {_opt(o.top1, '.3f'):>6}"
             + (f" {o.ort_noise:>10.3g}" if with_noise else "")
-            + f"  {_verdict(o)}"
+            + f"  {_verdict(o, informational)}"
         )
     return rows
 
@@ -112,12 +115,17 @@ def _latency_lines(report: "CheckReport") -> list[str]:
     return rows
 
 
+def _layer_snr(l: Any) -> str:
+    """The judged SNR of a layer; ``*`` marks one measured after per-channel rescaling."""
+    return _snr(l.snr_judged_db) + ("*" if l.rescaled else "")
+
+
 def _layer_rows(loc: Any, k: int = 10) -> list[str]:
     head = f"{'#':>5} {'op':<18} {'node':<32} {'SNR dB':>8} {'cosine':>10} {'max abs':>10} {'added rel err':>14}"
     rows = [head, "-" * len(head)]
     for l in loc.worst(k):
         rows.append(
-            f"{l.index:>5} {l.op_type[:18]:<18} {_tail(l.node or l.tensor, 32):<32} {_snr(l.snr_db):>8} {l.cosine:>10.6f} "
+            f"{l.index:>5} {l.op_type[:18]:<18} {_tail(l.node or l.tensor, 32):<32} {_layer_snr(l):>8} {l.cosine:>10.6f} "
             f"{l.max_abs:>10.3g} {l.contribution:>14.3g}" + ("  departs" if l.departs else "")
         )
     return rows
@@ -131,7 +139,7 @@ def render_table(report: "CheckReport") -> str:
     rows.append(f"{'PASS' if report.passed else 'FAIL'}: {report.feeds} feed(s) on {_targets_text(report)}")
     if report.cross:
         rows.append("cross-target: the candidate on each target against the candidate on cpu (informational)")
-        rows += _metrics_rows(report.cross, with_noise=False)
+        rows += _metrics_rows(report.cross, with_noise=False, informational=True)
     for note in report.notes:
         rows.append(f"note: {note}")
     for w in report.warnings:
@@ -141,7 +149,7 @@ def render_table(report: "CheckReport") -> str:
     if loc is not None:
         rows.append(f"localization on {loc.target} (ort {loc.level}, {loc.feeds} feed(s), departs below {loc.threshold_db:g} dB): {loc.summary()}")
         if loc.worst():
-            rows.append("worst layers by added error:")
+            rows.append("worst layers by added error (SNR* measured after per-channel rescaling: cross-layer equalization):" if any(l.rescaled for l in loc.worst()) else "worst layers by added error:")
             rows += _layer_rows(loc)
     return "\n".join(rows)
 
@@ -157,11 +165,13 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return out
 
 
-def _metric_cells(o: "OutputMetrics", markdown: bool = True) -> list[str]:
-    fail = "**FAIL**" if markdown else "FAIL"
+def _metric_cells(o: "OutputMetrics", markdown: bool = True, informational: bool = False) -> list[str]:
+    verdict = _verdict(o, informational)
+    if markdown and not o.passed and not informational:
+        verdict = f"**FAIL** ({o.reason})"
     return [
         o.name, o.target, o.level, _shape(o), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel:.3g}",
-        f"{o.cosine:.6f}", _snr(o.snr_db), _opt(o.top1), _opt(o.top5), "ok" if o.passed else f"{fail} ({o.reason})",
+        f"{o.cosine:.6f}", _snr(o.snr_db), _opt(o.top1), _opt(o.top5), verdict,
     ]
 
 
@@ -182,7 +192,7 @@ def render_markdown(report: "CheckReport") -> str:
     lines += _md_table(_METRIC_HEAD, [_metric_cells(o) for o in report.outputs])
     if report.cross:
         lines += ["", "## Cross-target (candidate vs candidate on cpu, informational)", ""]
-        lines += _md_table(_METRIC_HEAD, [_metric_cells(o) for o in report.cross])
+        lines += _md_table(_METRIC_HEAD, [_metric_cells(o, informational=True) for o in report.cross])
     if report.notes or report.warnings:
         lines += ["", "## Notes", ""]
         lines += [f"- **Warning:** {w}" for w in report.warnings]
@@ -215,7 +225,7 @@ def render_markdown(report: "CheckReport") -> str:
         if worst:
             lines += _md_table(
                 ["#", "op", "node", "tensor", "SNR dB", "cosine", "max abs", "added rel err", "departs"],
-                [[str(l.index), l.op_type, l.node, l.tensor, _snr(l.snr_db), f"{l.cosine:.6f}", f"{l.max_abs:.3g}",
+                [[str(l.index), l.op_type, l.node, l.tensor, _layer_snr(l), f"{l.cosine:.6f}", f"{l.max_abs:.3g}",
                   f"{l.contribution:.3g}", "yes" if l.departs else ""] for l in worst],
             )
     return "\n".join(lines) + "\n"
@@ -255,7 +265,7 @@ def hbar_chart(
     width: int = 560,
 ) -> str:
     """A horizontal bar chart as an SVG string (``log``: log10 axis of positive values)."""
-    row, left, right, top = 20, 210, 70, 30
+    row, left, right, top = 20, 250, 60, 30
     height = top + row * max(len(labels), 1) + 28
     vals = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
     if marker is not None:
@@ -278,7 +288,7 @@ def hbar_chart(
     body = [_t(10, 18, title, 13, weight="bold")]
     for i, (lab, v, c, txt) in enumerate(zip(labels, values, colors, texts)):
         y = top + i * row
-        body.append(_t(left - 6, y + 13, lab[:34], 10, "end"))
+        body.append(_t(left - 6, y + 13, lab if len(lab) <= 42 else lab[:41] + "…", 10, "end"))
         w = span * pos(v) if v is not None and math.isfinite(v) and (v > 0 or not log) else (span if v is not None and math.isinf(v) else 1)
         body.append(f'<rect class="bar" x="{left}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row - 6}" fill="{c}"/>')
         body.append(_t(left + max(w, 1) + 4, y + 13, txt, 10))
@@ -306,7 +316,7 @@ def layer_chart(loc: Any, width: int = 1160, height: int = 300) -> str:
     layers = loc.layers
     n = max(len(layers), 1)
     span_x, span_y = width - left - right, height - top - bottom
-    finite = [l.snr_db for l in layers if math.isfinite(l.snr_db)]
+    finite = [l.snr_judged_db for l in layers if math.isfinite(l.snr_judged_db)]
     ymax = min(_SNR_CAP, max(finite + [loc.threshold_db + 10.0])) if finite else _SNR_CAP
     ymin = min(0.0, min(finite)) if finite else 0.0
 
@@ -330,11 +340,11 @@ def layer_chart(loc: Any, width: int = 1160, height: int = 300) -> str:
     body.append(f'<line class="marker" x1="{left}" y1="{thr:.1f}" x2="{left + span_x}" y2="{thr:.1f}" stroke="{_ORANGE}" stroke-dasharray="4,3" stroke-width="2"/>')
     body.append(_t(left + span_x - 4, thr - 4, f"threshold {loc.threshold_db:g} dB", 9, "end", _ORANGE))
     if layers:
-        pts = " ".join(f"{X(i):.1f},{Y(l.snr_db):.1f}" for i, l in enumerate(layers))
+        pts = " ".join(f"{X(i):.1f},{Y(l.snr_judged_db):.1f}" for i, l in enumerate(layers))
         body.append(f'<polyline class="series" points="{pts}" fill="none" stroke="{_BLUE}" stroke-width="1.5"/>')
         for i, l in enumerate(layers):
             if l.departs:
-                body.append(f'<circle cx="{X(i):.1f}" cy="{Y(l.snr_db):.1f}" r="2.5" fill="{_RED}"/>')
+                body.append(f'<circle cx="{X(i):.1f}" cy="{Y(l.snr_judged_db):.1f}" r="2.5" fill="{_RED}"/>')
     if loc.first is not None:
         i = layers.index(loc.first)
         body.append(f'<line x1="{X(i):.1f}" y1="{top}" x2="{X(i):.1f}" y2="{top + span_y}" stroke="{_RED}" stroke-width="1.5"/>')
@@ -346,7 +356,7 @@ def layer_chart(loc: Any, width: int = 1160, height: int = 300) -> str:
 
 def grouped_bars(title: str, groups: Sequence[str], series: dict[str, Sequence[float]], unit: str, width: int = 380, note: str = "") -> str:
     """Vertical grouped bars: one group per label, one bar per series (reference, candidate)."""
-    height, left, top, bottom = 240, 50, 34, 46
+    height, left, top, bottom = 240, 50, (48 if note else 34), 46
     colors = [_GREY, _BLUE, _GREEN, _ORANGE]
     allv = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
     vmax = max(allv) if allv else 1.0
@@ -356,7 +366,7 @@ def grouped_bars(title: str, groups: Sequence[str], series: dict[str, Sequence[f
     bw = gw * 0.7 / max(len(series), 1)
     body = [_t(10, 18, title, 13, weight="bold")]
     if note:
-        body.append(_t(10, 30, note, 9, color=_RED))
+        body.append(_t(10, 32, note, 9, color=_RED))
     body.append(f'<line x1="{left}" y1="{top + span_y}" x2="{left + span_x}" y2="{top + span_y}" stroke="#555"/>')
     for k in range(5):
         v = vmax * k / 4
@@ -390,6 +400,7 @@ td:first-child,th:first-child{text-align:left}
 .pass{color:#2e8b57;font-weight:bold} .fail{color:#c0392b;font-weight:bold}
 .warn{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px;margin:6px 0}
 .note{color:#444;margin:4px 0} .plots{display:flex;flex-wrap:wrap;gap:12px}
+pre{white-space:pre-wrap}
 """
 
 
@@ -447,7 +458,7 @@ def render_html(report: "CheckReport") -> str:
     parts.append(_html_table(_METRIC_HEAD, [_metric_cells(o, False) for o in outs], ["" if o.passed else "fail" for o in outs]))
     if report.cross:
         parts.append("<h2>Cross-target (candidate vs candidate on cpu, informational)</h2>")
-        parts.append(_html_table(_METRIC_HEAD, [_metric_cells(o, False) for o in report.cross]))
+        parts.append(_html_table(_METRIC_HEAD, [_metric_cells(o, False, True) for o in report.cross]))
     if report.notes:
         parts.append("<h2>Notes</h2>")
         parts += [f'<p class="note">{html.escape(n)}</p>' for n in report.notes]
@@ -463,7 +474,7 @@ def render_html(report: "CheckReport") -> str:
         if worst:
             parts.append(_html_table(
                 ["#", "op", "node", "tensor", "SNR dB", "cosine", "max abs", "added rel err", "departs"],
-                [[l.index, l.op_type, l.node, l.tensor, _snr(l.snr_db), f"{l.cosine:.6f}", f"{l.max_abs:.3g}",
+                [[l.index, l.op_type, l.node, l.tensor, _layer_snr(l), f"{l.cosine:.6f}", f"{l.max_abs:.3g}",
                   f"{l.contribution:.3g}", "yes" if l.departs else ""] for l in worst],
             ))
 

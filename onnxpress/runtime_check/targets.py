@@ -27,7 +27,6 @@ exit), so a whole check costs one emulated start (about 2 s).
 """
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ import select
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,8 +42,6 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Union, runtime_checkable
-
-import numpy as np
 
 from ..errors import CheckError, InputError
 from . import worker as _worker
@@ -208,12 +204,20 @@ class _Channel:
             raise EOFError
         self.buf += chunk
 
-    def read_frame(self, timeout: float | None) -> tuple[str, bytes]:
+    def read_frame(self, timeout: float | None, skip_junk: bool = False) -> tuple[str, bytes]:
+        """The next frame; ``skip_junk`` drops lines before it that are not a
+        frame header (a login banner or a shell rc file writing to stdout)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            if len(self.buf) > 4096:
-                raise ValueError(f"not a worker frame: {bytes(self.buf[:200])!r}")
-            self._fill(deadline)
+        while True:
+            while b"\n" not in self.buf:
+                if len(self.buf) > 65536:
+                    raise ValueError(f"not a worker frame: {bytes(self.buf[:200])!r}")
+                self._fill(deadline)
+            if not skip_junk or self.buf.startswith(_worker.PROTOCOL + b" "):
+                break
+            junk, _, rest = bytes(self.buf).partition(b"\n")
+            logger.warning("worker stdout before its hello: %r", junk[:200])
+            self.buf = bytearray(rest)
         line, _, rest = bytes(self.buf).partition(b"\n")
         parts = line.split()
         if len(parts) != 3 or parts[0] != _worker.PROTOCOL:
@@ -296,7 +300,12 @@ class WorkerTarget:
             return ""
 
     def _fail(self, what: str) -> TargetRunError:
-        code = self._proc.poll() if self._proc else None
+        code = None
+        if self._proc is not None:
+            try:  # stdout closed: the process is exiting; get its status
+                code = self._proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                code = None
         status = ""
         if code is not None:
             status = f" (exit {code}{', signal %d' % -code if code < 0 else ''})"
@@ -315,6 +324,9 @@ class WorkerTarget:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=self._stderr, env=self.env, cwd=self.cwd)
         except OSError as exc:
+            self._stderr.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = self._stderr = None
             raise TargetRunError(f"target {self.name}: cannot start {self.argv[0]!r}: {exc}") from exc
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, WorkerTarget._cleanup,
@@ -325,7 +337,7 @@ class WorkerTarget:
                 src = Path(_worker.__file__).read_bytes()
                 self._proc.stdin.write(b"%d\n" % len(src) + src)
                 self._proc.stdin.flush()
-            kind, payload = self._chan.read_frame(self.start_timeout)
+            kind, payload = self._chan.read_frame(self.start_timeout, skip_junk=True)
         except (EOFError, BrokenPipeError, ValueError) as exc:
             raise self._fail(f"the worker did not start ({type(exc).__name__}: {exc})") from None
         except TimeoutError:

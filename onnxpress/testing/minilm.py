@@ -362,7 +362,8 @@ def build_minilm_model(weights: dict[str, np.ndarray]):
 
     # ---- sentence-transformers pooling (mean over the mask) and Normalize
     sc = "/pooling"
-    mm = b.op("Cast", [b.op("Unsqueeze", ["attention_mask", b.const([-1], sc, np.int64)], sc)], sc, to=TensorProto.FLOAT)
+    mm = b.op("Unsqueeze", ["attention_mask", b.const([-1], sc, np.int64)], sc)
+    mm = b.op("Cast", [mm], sc, to=TensorProto.FLOAT)
     summed = b.op("ReduceSum", [b.op("Mul", ["last_hidden_state", mm], sc), b.const([1], sc, np.int64)], sc, keepdims=0)
     count = b.op("ReduceSum", [mm, b.const([1], sc, np.int64)], sc, keepdims=0)
     count = b.op("Clip", [count, b.const(1e-9, sc)], sc)
@@ -376,7 +377,10 @@ def build_minilm_model(weights: dict[str, np.ndarray]):
     graph = helper.make_graph(
         b.nodes,
         "all-MiniLM-L6-v2",
-        [helper.make_tensor_value_info(n, TensorProto.INT64, dims) for n in ("input_ids", "attention_mask", "token_type_ids")],
+        [
+            helper.make_tensor_value_info(n, TensorProto.INT64, dims)
+            for n in ("input_ids", "attention_mask", "token_type_ids")
+        ],
         [
             helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [*dims, H]),
             helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", H]),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from hypothesis import assume
+from hypothesis import assume, currently_in_test_context
 
 from onnxpress.graph import Model, load
+from onnxpress.passes import Context, PassManager, make_pass
+from onnxpress.recipes import load_recipe
 
 __all__ = [
     "RTOL",
@@ -19,6 +21,8 @@ __all__ = [
     "reference",
     "assert_outputs_match",
     "assert_same_kinds",
+    "check_lossless_pass",
+    "check_lossless_recipe",
 ]
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -77,7 +81,11 @@ def reference(fm, what: str = "generated model") -> list[list[np.ndarray]]:
     for per_size in outs:
         for o in per_size:
             if o.dtype.kind == "f":
-                assume(bool(np.all(np.isfinite(o))) and (o.size == 0 or float(np.abs(o).max()) < MAX_MAGNITUDE))
+                ok = bool(np.all(np.isfinite(o))) and (o.size == 0 or float(np.abs(o).max()) < MAX_MAGNITUDE)
+                if currently_in_test_context():
+                    assume(ok)
+                else:
+                    assert ok, f"{what}: non-finite or huge outputs"
     return outs
 
 
@@ -97,3 +105,55 @@ def assert_outputs_match(ref, got, what: str, rtol: float = RTOL, atol: float = 
             np.testing.assert_allclose(
                 g, r, rtol=rtol, atol=atol, err_msg=f"{what}: size {k} output {i} differs"
             )
+
+
+def check_rewrite(fm, out: onnx.ModelProto, what: str, rtol: float = RTOL, atol: float = ATOL) -> None:
+    """``out`` is valid, keeps ``fm``'s signature and computes its outputs."""
+    ref = reference(fm)
+    sess = check_valid(out, what)
+    assert signature(out) == signature(fm.proto), f"{what}: the input/output signature changed"
+    assert_outputs_match(ref, run_sizes(sess, fm.feeds), what, rtol, atol)
+
+
+def check_lossless_pass(fm, name: str, **options):
+    """Run pass ``name`` once on ``fm``; check the rewrite, and that a second run,
+    on the same model and on the exported one reloaded, modifies nothing.
+
+    Returns:
+        The PassResult of the first run.
+    """
+    model = copy_model(fm.proto)
+    result = make_pass(name, **options).run(model, Context())
+    out = model.to_proto()
+    check_rewrite(fm, out, name)
+    again = make_pass(name, **options).run(model, Context())
+    assert not again.modified, f"{name}: a second run modified the model again: {again.stats}"
+    reloaded = make_pass(name, **options).run(copy_model(out), Context())
+    assert not reloaded.modified, f"{name}: a run on the exported model modified it again: {reloaded.stats}"
+    return result
+
+
+def _recipe_passes(recipe):
+    return [make_pass(name, **options) for name, options in recipe.passes]
+
+
+def check_lossless_recipe(fm, recipe_name: str = "lossless"):
+    """Run the recipe's passes to a fixed point (strict: validated after every
+    modifying pass); check the rewrite, and that one more round of every pass, on
+    the same model and on the exported one reloaded, modifies nothing.
+
+    Returns:
+        The PassRecords of the run.
+    """
+    recipe = load_recipe(recipe_name)
+    model = copy_model(fm.proto)
+    records = PassManager(
+        _recipe_passes(recipe), max_iterations=recipe.max_iterations, fixed_point=recipe.fixed_point, strict=True
+    ).run(model, Context())
+    out = model.to_proto()
+    check_rewrite(fm, out, f"{recipe_name} recipe", recipe.rtol, recipe.atol)
+    for what, target in (("the model", model), ("the exported model", copy_model(out))):
+        second = PassManager(_recipe_passes(recipe), max_iterations=1).run(target, Context())
+        changed = [(r.name, r.stats) for r in second if r.modified]
+        assert not changed, f"{recipe_name} recipe: {what} is not at a fixed point: {changed}"
+    return records

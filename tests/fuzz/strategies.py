@@ -316,7 +316,7 @@ class _Builder:
             forms += ["cast", "scale2", "neg_sub"]
             if np.all(arr >= 0):
                 forms.append("relu")
-        elif arr.dtype == np.int64 and np.all(np.abs(arr) < 2**31):
+        elif arr.dtype == np.int64 and arr.min() >= -(2**31) and arr.max() < 2**31:  # not np.abs: INT64_MIN
             forms.append("cast")
         form = self.choice(forms)
         if form == "identity":
@@ -353,12 +353,30 @@ class _Builder:
 
     def weight(self, shape, fan_in: int) -> str:
         w = (self.rng.standard_normal(shape) / math.sqrt(max(1, fan_in))).astype(np.float32)
+        if self.chance(0.05):
+            # An overridable initializer (a graph input with a default value), fed
+            # another value at the last size: never a constant for the passes.
+            name = self.fresh("wover")
+            self.root.inits.append(nh.from_array(w, name))
+            self.root.inputs.append(h.make_tensor_value_info(name, F32, list(w.shape)))
+            alt = self.rng.standard_normal(shape) / math.sqrt(max(1, fan_in))
+            self.root.feeds[SIZES - 1][name] = alt.astype(np.float32)
+            return name
         if self.chance(0.6):  # most exported weights are initializers
             name = self.fresh("w")
             self.inits.append(nh.from_array(w, name))
             self.consts.append((w, name))
             return name
         return self.const(w)
+
+    def param(self, arr: np.ndarray) -> str:
+        """A layer parameter: an initializer of this graph more often than not."""
+        if self.chance(0.6):
+            name = self.fresh("p")
+            self.inits.append(nh.from_array(arr, name))
+            self.consts.append((arr, name))
+            return name
+        return self.const(arr)
 
     def ints(self, values) -> str:
         return self.const(np.array(values, dtype=np.int64))
@@ -475,6 +493,12 @@ class _Builder:
 
     def op_reshape(self) -> bool:
         x = self.pick()
+        y = self._reshape(x)
+        while y is not None and self.chance(0.3):  # Reshape(Reshape(x)): simplify-reshape food
+            y = self._reshape(y)
+        return True
+
+    def _reshape(self, x: Val) -> Val | None:
         mode = self.choice(["same", "merge", "factor", "shape_of", "gather"])
         attrs = {}
         if mode == "same":
@@ -484,14 +508,14 @@ class _Builder:
             if 0 not in target and self.chance(0.3):
                 attrs["allowzero"] = 1
             y = self.node("Reshape", [x.name, self.ints(target)], **attrs)[0]
-            self.val(y, F32, x.dims, x.exact, x.mag)
-            return True
+            v = self.val(y, F32, x.dims, x.exact, x.mag)
+            return v
         if mode == "shape_of":
             z = self.pick(lambda v: v.numel() == x.numel())
             shape = self.node("Shape", [z.name])[0]
             y = self.node("Reshape", [x.name, shape])[0]
-            self.val(y, F32, z.dims, x.exact, x.mag)
-            return True
+            v = self.val(y, F32, z.dims, x.exact, x.mag)
+            return v
         if mode == "gather":
             k = self.integer(0, x.rank - 1) if x.rank else 0
             pieces = []
@@ -511,13 +535,13 @@ class _Builder:
             pieces.append(self.ints([tail]))
             target = self.node("Concat", pieces, axis=0)[0] if len(pieces) > 1 else pieces[0]
             y = self.node("Reshape", [x.name, target])[0]
-            self.val(y, F32, tuple(x.dims[:k]) + (rest_dim,), x.exact, x.mag)
-            return True
+            v = self.val(y, F32, tuple(x.dims[:k]) + (rest_dim,), x.exact, x.mag)
+            return v
         if x.rank < 1:
-            return False
+            return None
         if mode == "merge":
             if x.rank < 2:
-                return False
+                return None
             i = self.integer(0, x.rank - 2)
             j = self.integer(i + 2, x.rank)
             merged = ddim([int(np.prod(x.shape(k)[i:j], dtype=np.int64)) for k in range(SIZES)])
@@ -526,7 +550,7 @@ class _Builder:
         else:  # factor a static dim
             idx = [i for i, d in enumerate(x.dims) if d.static and d.value >= 4 and _factor(d.value)]
             if not idx:
-                return False
+                return None
             i = self.choice(idx)
             a = self.choice(_factor(x.dims[i].value))
             out_dims = tuple(x.dims[:i]) + (sdim(a), sdim(x.dims[i].value // a)) + tuple(x.dims[i + 1 :])
@@ -541,15 +565,15 @@ class _Builder:
                 target.append(d.value if d.static else None)
         unknown = [p for p, t in enumerate(target) if t is None]
         if len(unknown) > 1:
-            return False
+            return None
         if unknown:
             target[unknown[0]] = -1
         elif self.chance(0.3):
             p = self.integer(0, len(target) - 1)
             target[p] = -1
         y = self.node("Reshape", [x.name, self.ints(target)])[0]
-        self.val(y, F32, out_dims, x.exact, x.mag)
-        return True
+        v = self.val(y, F32, out_dims, x.exact, x.mag)
+        return v
 
     def op_slice(self) -> bool:
         x = self.pick(lambda v: v.rank >= 1)
@@ -712,6 +736,8 @@ class _Builder:
         idx = self.const(np.array(i if scalar else [i], np.int64))
         g = self.node("Gather", [s, idx], axis=0)[0]
         c = self.node("Cast", [g], to=F32)[0]
+        self.val(s, I64, (sdim(z.rank),), True, 1.0)  # candidates for graph outputs
+        self.val(g, I64, () if scalar else (sdim(1),), True, 1.0)
         dim = max(z.dims[i].vals)
         x = self.pick()
         op = self.choice(["Div", "Add", "Mul"])
@@ -766,7 +792,7 @@ class _Builder:
             rng.uniform(-1, 1, c),
             rng.uniform(0.5, 2.0, c),
         ]
-        names = [self.const(p.astype(np.float32)) for p in params]
+        names = [self.param(p.astype(np.float32)) for p in params]
         eps = self.choice([1e-5, 1e-3])
         y = self.node("BatchNormalization", [x.name] + names, epsilon=eps)[0]
         return self.val(y, F32, x.dims, False, x.mag * 1.5 + 1)
@@ -998,13 +1024,17 @@ class _Builder:
         return name
 
 
+def _tensor_type(arr: np.ndarray) -> int:
+    return int(onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
+
+
 def _factor(n: int) -> list[int]:
     return [a for a in range(2, n // 2 + 1) if n % a == 0]
 
 
 # ----------------------------------------------------------------- strategy
 @st.composite
-def onnx_models(draw, max_steps: int = 14) -> FuzzModel:
+def onnx_models(draw, max_steps: int = 20) -> FuzzModel:
     """A random valid ONNX model (opset 17, IR 8) and feeds at ``SIZES`` sizes of
     its dynamic dimensions."""
     seed = draw(st.integers(0, 2**32 - 1))
@@ -1053,6 +1083,18 @@ def onnx_models(draw, max_steps: int = 14) -> FuzzModel:
 
     b.grow(b.integer(1, max_steps))
 
+    for _ in range(b.integer(0, 2) if b.chance(0.25) else 0):
+        # Initializers no node reads (remove-unused-initializers food); some are
+        # byte-identical to used ones, some are overridable (graph inputs).
+        if b.consts and b.chance(0.5):
+            arr = b.consts[-1 - b.integer(0, len(b.consts) - 1)][0]
+        else:
+            arr = rng.standard_normal(b.choice([(), (4,), (2, 3)])).astype(np.float32)
+        name = b.fresh("unused")
+        root.inits.append(nh.from_array(arr, name))
+        if b.chance(0.3):
+            root.inputs.append(h.make_tensor_value_info(name, _tensor_type(arr), list(arr.shape)))
+
     # Graph outputs: 1-3 values, unread ones (sinks) and recent ones first.
     cands = [v for v in b.pool + b.others if not v.name.startswith("x") or b.chance(0.05)] or list(b.pool)
     cands.sort(key=lambda v: v.uses == 0)
@@ -1061,6 +1103,11 @@ def onnx_models(draw, max_steps: int = 14) -> FuzzModel:
         v = cands[-1 - b.integer(0, len(cands) - 1)]
         if v not in outputs:
             outputs.append(v)
+    if b.chance(0.1):  # a constant graph output (a Constant node, an expression, an initializer)
+        arr = rng.standard_normal(b.choice([(), (3,), (2, 2)])).astype(np.float32)
+        name = b.const(arr)
+        if all(v.name != name for v in outputs):
+            outputs.append(Val(name, F32, tuple(sdim(d) for d in arr.shape)))
     graph = h.make_graph(
         b.nodes, "fuzz", root.inputs, [v.value_info() for v in outputs], initializer=root.inits
     )

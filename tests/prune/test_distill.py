@@ -38,8 +38,17 @@ def outputs(proto, data):
 
 
 def mlp_data(rng, n, k=64, batch=16):
-    mix = rng.standard_normal((k, k)) / np.sqrt(k) + np.eye(k)
+    """Correlated inputs; the mixing matrix is fixed per ``k`` (calibration and
+    held-out data share a distribution)."""
+    r = np.random.default_rng(k)
+    mix = r.standard_normal((k, k // 4)) @ r.standard_normal((k // 4, k)) / np.sqrt(k) + 0.2 * np.eye(k)
     return [{"x": (rng.standard_normal((batch, k)) @ mix).astype(np.float32)} for _ in range(n)]
+
+
+def smooth_images(rng) -> np.ndarray:
+    """[1, 3, 16, 16] with neighbouring pixels and channels correlated, as in images."""
+    coarse = np.kron(rng.standard_normal((1, 1, 4, 4)), np.ones((1, 1, 4, 4)))
+    return (coarse * np.array([1.0, 0.8, 0.6]).reshape(1, 3, 1, 1) + 0.1 * rng.standard_normal((1, 3, 16, 16))).astype(np.float32)
 
 
 # ------------------------------------------------------------------ statistics
@@ -164,7 +173,7 @@ def test_distill_refits_consumers_of_removed_channels(rng):
 
 def test_distill_conv_after_pruning(rng):
     teacher = convnet(rng, c=16, group2=1)
-    mk = lambda n: [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]
+    mk = lambda n: [{"x": smooth_images(rng)} for _ in range(n)]
     calib, held = mk(16), mk(8)
     ctx = Context(calibration=calib, teacher=teacher)
     pruned, _ = run(teacher, ["prune-weights"], ctx, prune_weights={"method": "wanda", "sparsity": 0.5})

@@ -24,6 +24,7 @@ from onnxpress.quant.ranges import (
     percentile_range,
     qrange,
     quantize_weight,
+    range_from_histogram,
     weight_scales,
 )
 from tests.conftest import run_ort
@@ -516,3 +517,79 @@ def test_edge_int8_recipe_end_to_end():
     assert_close_fp32(m, result.model, min_snr=25)
     totals = result.pass_totals()
     assert totals["quantize-int8"]["quantized"] == 2
+
+
+# ------------------------------------------------- range methods vs references
+def _laplace_with_outliers(seed=0, n=200000, outliers=40):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.laplace(scale=1.0, size=n), rng.uniform(15, 30, size=outliers) * rng.choice([-1, 1], outliers)])
+    counts, edges = np.histogram(x, bins=2048)
+    return x, counts, edges
+
+
+def _qdq_mse(x, lo, hi, qmin, qmax):
+    s, z = activation_qparams(lo, hi, qmin, qmax, False)
+    s = float(s)
+    return float(np.mean((x - (np.clip(np.rint(x / s) + z, qmin, qmax) - z) * s) ** 2))
+
+
+@pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127)])
+def test_range_methods_against_references(qmin, qmax):
+    x, counts, edges = _laplace_with_outliers()
+    # minmax is the observed range.
+    assert range_from_histogram("minmax", edges, counts) == pytest.approx((x.min(), x.max()), abs=1e-9)
+    # percentile: numpy's percentile on the raw samples, within one bin.
+    width = edges[1] - edges[0]
+    lo, hi = range_from_histogram("percentile", edges, counts, percentile=99.9)
+    assert hi == pytest.approx(np.percentile(x, 99.9), abs=width)
+    assert lo == pytest.approx(np.percentile(x, 0.1), abs=width)
+    # mse: a brute-force search of the symmetric clip on the raw samples.
+    lo_m, hi_m = range_from_histogram("mse", edges, counts, qmin=qmin, qmax=qmax)
+    amax = np.abs(x).max()
+    brute = min(
+        (_qdq_mse(x, max(x.min(), -t), min(x.max(), t), qmin, qmax), t) for t in np.linspace(amax / 100, amax, 100)
+    )
+    assert _qdq_mse(x, lo_m, hi_m, qmin, qmax) <= 1.05 * brute[0]
+    # entropy: clips the outliers (the bulk of a unit Laplace lies within +-12).
+    lo_e, hi_e = range_from_histogram("entropy", edges, counts, qmin=qmin, qmax=qmax)
+    for lo_, hi_ in ((lo, hi), (lo_m, hi_m), (lo_e, hi_e)):
+        assert x.min() < lo_ < -4 and 4 < hi_ < x.max()  # all three clip below max, keep the bulk
+    # KL does not minimize the total squared error (the clipped outliers cost), but
+    # the bulk is represented far better than with minmax.
+    bulk = x[np.abs(x) < 8]
+    assert _qdq_mse(bulk, lo_e, hi_e, qmin, qmax) < 0.5 * _qdq_mse(bulk, x.min(), x.max(), qmin, qmax)
+
+
+def test_entropy_against_onnxruntime_reference():
+    """On symmetric data the KL threshold is close to onnxruntime's implementation
+    of the same algorithm (TensorRT's, on the signed histogram)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.laplace(size=300000), rng.uniform(-40, 40, size=60)])
+    amax = float(np.abs(x).max())
+    counts, edges = np.histogram(x, bins=2048, range=(-amax, amax))
+    ref = HistogramCollector("entropy", True, 2048, 256, None, None).get_entropy_threshold(
+        (counts, edges, np.float64(x.min()), np.float64(x.max())), 256
+    )
+    lo, hi = entropy_range(edges, counts, -128, 127, symmetric=True)
+    assert hi == pytest.approx(float(ref[1]), rel=0.35) and lo == pytest.approx(float(ref[0]), rel=0.35)
+
+
+def test_entropy_keeps_a_dense_negative_side_and_sparse_data():
+    """The two defects of the first KL implementation (PP-OCRv4 rec gave 0.0 exact strings)."""
+    rng = np.random.default_rng(1)
+    # HardSwish-like: a dense negative side [-0.375, 0] and a long positive tail.
+    x = np.concatenate([-rng.uniform(0, 0.375, 150000), rng.exponential(0.5, 150000)])
+    counts, edges = np.histogram(x, bins=2048)
+    lo, hi = entropy_range(edges, counts, 0, 255)
+    assert lo == pytest.approx(x.min(), abs=1e-3) and hi > 2.0  # was clipped at |min| = 0.375
+    # A stem output whose bulk is negative: the negative side must not be clipped.
+    y = np.concatenate([-rng.exponential(8.0, 100000), rng.exponential(1.0, 100000)])
+    counts, edges = np.histogram(y, bins=2048)
+    lo, hi = entropy_range(edges, counts, 0, 255)
+    assert lo < -30
+    # Too few values for a KL estimate: the observed range.
+    z = rng.exponential(1.0, 1000)
+    counts, edges = np.histogram(z, bins=2048)
+    assert entropy_range(edges, counts, 0, 255) == pytest.approx((0.0, z.max()))
