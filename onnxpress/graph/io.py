@@ -25,6 +25,7 @@ from ..errors import ExternalDataError, ModelLoadError
 from .model import (
     BASEPATH,
     Model,
+    _load_inline,
     external_file,
     is_lazy_external,
     iter_graphs,
@@ -545,6 +546,9 @@ def _save_parts(
                     lazy = is_lazy_external(t)
                     nbytes = tensor_nbytes(t) if lazy else t.ByteSize()
                     if nbytes < size_threshold or t.data_type == onnx.TensorProto.STRING:
+                        if lazy and _same_file(external_file(t)[0], final_data):
+                            _load_inline(t)  # small, and its file is about to be replaced
+                            lazy = False
                         shells.append(_Streamed(t) if lazy else t)
                         continue
                     offset = data.tell()

@@ -163,11 +163,11 @@ def read_external_array(t: onnx.TensorProto) -> np.ndarray:
 
 
 def tensor_array(t: onnx.TensorProto) -> np.ndarray:
-    """The value of any ``TensorProto`` (inline, or lazily loaded external) as an
-    array; the tensor is not modified."""
+    """The value of any ``TensorProto`` (inline, or lazily loaded external) as a
+    new array; the tensor is not modified."""
     if is_lazy_external(t):
         return read_external_array(t)
-    return onnx.numpy_helper.to_array(t)
+    return np.array(onnx.numpy_helper.to_array(t))
 
 
 def materialize_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
@@ -231,7 +231,7 @@ class ExternalValues(gs.ir.tensor.LazyValues):
     stub with ``basepath``): ``load()`` reads the file each time."""
 
     def load(self) -> np.ndarray:
-        return read_external_array(self.tensor)
+        return tensor_array(self.tensor)  # inline once a save over its file read it in
 
     def __str__(self) -> str:
         return f"ExternalValues (shape={self.shape}, dtype={self.dtype})"

@@ -19,6 +19,8 @@ __all__ = [
     "optional_input",
     "producer",
     "remove_nodes",
+    "detach_graph",
+    "detach_subgraphs",
     "ONNX_DOMAINS",
 ]
 
@@ -139,3 +141,37 @@ def remove_nodes(graph: gs.Graph, nodes: list[gs.Node]) -> None:
         n.inputs.clear()
         n.outputs.clear()
     graph.nodes = [n for n in graph.nodes if id(n) not in drop]
+
+
+def detach_graph(graph: gs.Graph) -> None:
+    """Disconnect every node of ``graph`` and of its subgraphs (any depth) from the
+    tensors it reads and writes.
+
+    For a subgraph that is going away (an untaken If branch, the body of a removed
+    node): its nodes would otherwise stay in ``tensor.outputs`` of the outer values
+    they capture, as phantom readers that make later rewrites refuse ("has other
+    readers") until the model is exported and reloaded.
+    """
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for n in g.nodes:
+            stack.extend(_node_subgraphs(n))
+            n.inputs.clear()
+            n.outputs.clear()
+
+
+def detach_subgraphs(node: gs.Node) -> None:
+    """:func:`detach_graph` on every subgraph of ``node`` (a node being removed)."""
+    for g in _node_subgraphs(node):
+        detach_graph(g)
+
+
+def _node_subgraphs(node: gs.Node) -> list[gs.Graph]:
+    out: list[gs.Graph] = []
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            out.extend(v for v in value if isinstance(v, gs.Graph))
+    return out

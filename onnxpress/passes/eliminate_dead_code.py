@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from ..graph import Model
-from ._rewrite import remove_nodes
+from ._rewrite import detach_subgraphs, remove_nodes
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["EliminateDeadCode"]
@@ -57,6 +57,8 @@ def _sweep(graph: gs.Graph) -> tuple[int, set[int]]:
             live |= sub_reads
             reads |= sub_reads
     if dead:
+        for node in dead:
+            detach_subgraphs(node)  # their bodies must not stay readers of outer values
         remove_nodes(graph, dead)
         removed += len(dead)
     return removed, reads

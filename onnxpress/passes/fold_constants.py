@@ -275,7 +275,10 @@ class FoldConstants(Pass):
                     continue
                 users = [c for c in o.outputs if id(c) not in final_ids]
                 if users:
-                    replace_uses(o, gs.Constant(o.name, np.ascontiguousarray(values[id(o)])))
+                    value = values[id(o)]
+                    # np.ascontiguousarray returns at least 1-D: keep a scalar a scalar
+                    const = np.ascontiguousarray(value).reshape(value.shape)
+                    replace_uses(o, gs.Constant(o.name, const))
         remove_nodes(g, final)
         del chosen_ids
         return len(final), shape_count, skipped_large

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from ..graph import Model, constant_array, iter_graphs
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs, remove_nodes, replace_uses
+from ._rewrite import ONNX_DOMAINS, all_graph_outputs, detach_graph, remove_nodes, replace_uses
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["InlineConstantIf"]
@@ -64,6 +64,7 @@ class InlineConstantIf(Pass):
                 taken = node.attrs["then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"]
                 other = node.attrs["else_branch" if bool(cond.reshape(-1)[0]) else "then_branch"]
                 dropped += sum(len(sg.nodes) for sg in _graphs_below(other))
+                detach_graph(other)  # its nodes must not stay readers of outer values
                 self._inline(model, g, node, taken)
                 inlined += 1  # the taken branch's nodes now start at position i: visit them next
             stack.extend(

@@ -214,13 +214,14 @@ class GramStats:
 
 
 class OutputPair:
-    """Per-channel sums of a student tensor against the teacher's, streamed.
+    """Per-channel sums of a student tensor against the teacher's, streamed
+    (``axis=None``: the whole tensor as one channel).
 
     Attributes (float64 ``[C]``): ``ss``, ``tt``, ``st`` (sums of products),
     ``s``, ``t`` (sums); ``count`` values per channel; ``mismatch`` when shapes differed.
     """
 
-    def __init__(self, axis: int, teacher: Callable[[], np.ndarray | None]) -> None:
+    def __init__(self, axis: int | None, teacher: Callable[[], np.ndarray | None]) -> None:
         self.axis = axis
         self.teacher = teacher
         self.ss = self.tt = self.st = self.s = self.t = None
@@ -236,9 +237,13 @@ class OutputPair:
             return
         if np.asarray(ys).dtype.kind != "f":
             return
-        ax = self.axis if self.axis >= 0 else ys.ndim + self.axis
-        s = np.moveaxis(np.asarray(ys, np.float64), ax, -1).reshape(-1, ys.shape[ax])
-        t = np.moveaxis(np.asarray(yt, np.float64), ax, -1).reshape(-1, ys.shape[ax])
+        if self.axis is None or np.ndim(ys) == 0:
+            s = np.asarray(ys, np.float64).reshape(-1, 1)
+            t = np.asarray(yt, np.float64).reshape(-1, 1)
+        else:
+            ax = self.axis if self.axis >= 0 else ys.ndim + self.axis
+            s = np.moveaxis(np.asarray(ys, np.float64), ax, -1).reshape(-1, ys.shape[ax])
+            t = np.moveaxis(np.asarray(yt, np.float64), ax, -1).reshape(-1, ys.shape[ax])
         sums = (np.einsum("rc,rc->c", s, s), np.einsum("rc,rc->c", t, t), np.einsum("rc,rc->c", s, t), s.sum(0), t.sum(0))
         if self.ss is None:
             self.ss, self.tt, self.st, self.s, self.t = sums
@@ -665,7 +670,7 @@ class Distill(Pass):
                 collectors.setdefault(t.layer.out.name, []).append(t.pair)
                 t_names.append(t.teacher_out)
             for s_name, t_name in zip(out_names, t_out_names):
-                pair = OutputPair(-1, teacher_value(t_name))
+                pair = OutputPair(None, teacher_value(t_name))
                 model_before.append(pair)
                 collectors.setdefault(s_name, []).append(pair)
                 t_names.append(t_name)
@@ -689,7 +694,7 @@ class Distill(Pass):
             collectors.setdefault(t.layer.out.name, []).append(p)
             t_names.append(t.teacher_out)
         for s_name, t_name in zip(out_names, t_out_names):
-            pair = OutputPair(-1, teacher_value(t_name))
+            pair = OutputPair(None, teacher_value(t_name))
             model_after.append(pair)
             collectors.setdefault(s_name, []).append(pair)
             t_names.append(t_name)

@@ -128,3 +128,86 @@ def test_inline_constant_if_does_not_count_ifs_of_dropped_branches() -> None:
     result = check_lossless_pass(fm, "inline-constant-if")
     assert result.stats["ifs_inlined"] == 1
     assert result.stats["branch_nodes_dropped"] == 3  # the inner If and both its branches' nodes
+
+
+def test_fold_constants_keeps_a_folded_scalar_a_scalar() -> None:
+    """fold-constants turned every folded scalar into a [1] tensor
+    (``np.ascontiguousarray`` returns at least 1-D): ``Gather(shape, Mul(1, 1))``
+    then returned [1] instead of a scalar, changing the rank of a graph output
+    (onnx.checker: "Inferred shape and existing shape differ in rank")."""
+    fm = fuzz_model(
+        """
+        g (float[N,3] x) => (int64 y, float[N,3] z) <int64 a = {1}, int64 b = {1}> {
+            s = Shape (x)
+            i = Mul (a, b)
+            y = Gather <axis = 0> (s, i)
+            d = Gather <axis = 0> (s, a)
+            f = Cast <to = 1> (d)
+            z = Add (x, f)
+        }
+        """,
+        [{"x": (2, 3)}, {"x": (5, 3)}],
+    )
+    check_lossless_pass(fm, "fold-constants")
+    check_lossless_recipe(fm)
+
+
+CONV_BN = """
+    g (float[N,2,4,4] x, bool k) => (float[N,3,4,4] y, float[N,2,4,4] z)
+      <bool c = {1}, float[3,2,1,1] w = {0.5, -0.25, 1.0, 0.75, -0.5, 0.25},
+       float[3] s = {1.5, 0.5, -1.0}, float[3] b = {0.1, 0.2, 0.3},
+       float[3] m = {0.5, -0.5, 0.0}, float[3] v = {1.0, 2.0, 0.5}> {
+        t = Conv (x, w)
+        y = BatchNormalization <epsilon = 0.001> (t, s, b, m, v)
+        z = If (COND) <
+            then_branch = t1 () => (float[N,2,4,4] a) { a = Relu (x) },
+            else_branch = e1 () => (float[N,2,4,4] r) { r = Sigmoid (x) q = Relu (t) }
+        >
+        DEAD
+    }
+"""
+DEAD_IF = """
+        dead = If (k) <
+            then_branch = t2 () => (float[N,3,4,4] a2) { a2 = Relu (t) },
+            else_branch = e2 () => (float[N,3,4,4] b2) { b2 = Sigmoid (t) }
+        >
+"""
+
+
+def _conv_bn_model(cond: str, dead: str) -> FuzzModel:
+    return fuzz_model(
+        CONV_BN.replace("COND", cond).replace("DEAD", dead),
+        [{"x": (1, 2, 4, 4)}, {"x": (3, 2, 4, 4)}],
+        k=[np.array(True), np.array(False)],
+    )
+
+
+def test_inline_constant_if_detaches_the_untaken_branch() -> None:
+    """inline-constant-if left the nodes of the untaken branch registered as
+    readers of outer values (``q = Relu(t)`` in the else branch), so fold-batchnorm
+    refused ``BatchNormalization(Conv)`` ("'t' has other readers") on the model in
+    memory and folded it once the model was exported and reloaded: the lossless
+    recipe's fixed point depended on a save/load."""
+    from onnxpress.passes import Context, make_pass
+    from tests.fuzz.checks import copy_model
+
+    fm = _conv_bn_model("c", "")
+    model = copy_model(fm.proto)
+    assert make_pass("inline-constant-if").run(model, Context()).modified
+    assert make_pass("fold-batchnorm").run(model, Context()).stats.get("bn_conv") == 1
+    check_lossless_recipe(fm)
+
+
+def test_eliminate_dead_code_detaches_the_subgraphs_of_removed_nodes() -> None:
+    """eliminate-dead-code removed the dead ``If(k)`` (and the dead ``q = Relu(t)``
+    of a live branch) but left the If's branch nodes registered as readers of
+    ``t``: fold-batchnorm then refused to fold the BatchNormalization reading
+    ``t`` in memory, and folded it after a reload."""
+    from onnxpress.passes import Context, make_pass
+    from tests.fuzz.checks import copy_model
+
+    fm = _conv_bn_model("k", DEAD_IF)
+    model = copy_model(fm.proto)
+    assert make_pass("eliminate-dead-code").run(model, Context()).stats["nodes_removed"] == 2
+    assert make_pass("fold-batchnorm").run(model, Context()).stats.get("bn_conv") == 1
+    check_lossless_recipe(fm)
