@@ -15,7 +15,6 @@ onnxruntime (SNR in dB and max abs error). The target (issue "Trust") is peak RS
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time

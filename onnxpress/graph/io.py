@@ -179,7 +179,10 @@ def _external_tensors(proto: onnx.ModelProto):
 
 
 def _load_external_data(proto: onnx.ModelProto, base_dir: Path, model_path: Path, lazy: bool = False) -> None:
-    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        load_external_data_for_tensor,
+    )
 
     folder = os.path.abspath(base_dir)
     real_folder = Path(folder).resolve()
@@ -197,8 +200,8 @@ def _load_external_data(proto: onnx.ModelProto, base_dir: Path, model_path: Path
                 f"{model_path}: external data file {info.location!r} of tensor "
                 f"{tensor.name!r} not found next to the model"
             )
-        need = (info.offset or 0) + (info.length or 0)
-        if info.length and file.stat().st_size < need:
+        need = (info.offset or 0) + (info.length or (tensor_nbytes(tensor) if lazy else 0))
+        if need and file.stat().st_size < need:
             raise ExternalDataError(
                 f"{model_path}: external data file {info.location!r} is truncated "
                 f"(tensor {tensor.name!r} needs {need} bytes, file has {file.stat().st_size})"
@@ -513,9 +516,12 @@ def _load_overwritten(model: Model, path: Path) -> None:
         candidates = [t for t in g.tensors().values() if id(t) not in main]
         candidates += [v for node in g.nodes for v in node.attrs.values() if isinstance(v, gs.Constant)]
         for t in candidates:
-            if isinstance(t, gs.Constant) and isinstance(t._values, ExternalValues):
-                if _same_file(external_file(t._values.tensor)[0], target):
-                    t.values = t._values.load()
+            if (
+                isinstance(t, gs.Constant)
+                and isinstance(t._values, ExternalValues)
+                and _same_file(external_file(t._values.tensor)[0], target)
+            ):
+                t.values = t._values.load()
 
 
 def _save_parts(

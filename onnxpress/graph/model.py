@@ -90,7 +90,7 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     if bits is None:
         try:
             bits = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * 8
-        except Exception:  # an unknown dtype: what the proto holds
+        except (KeyError, TypeError, ValueError):  # an unknown dtype: what the proto holds
             return t.ByteSize()
     return (n * bits + 7) // 8
 

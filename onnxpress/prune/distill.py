@@ -51,9 +51,13 @@ would otherwise overfit). The chosen ``r`` is then refit on all samples. A
 sparse row is solved on its kept features (exactly, or by preconditioned
 conjugate gradients on large layers).
 
-Layers are refit in ``rounds`` contiguous chunks in graph order, each chunk
-with statistics captured after the previous chunk was refit, so later layers
-see their refit inputs. The pass measures the teacher/student error of every
+Layers are refit one after the other in graph order (``rounds=0``), each with
+statistics captured after the previous ones were refit, so that a layer
+compensates only the error its refit inputs still carry (refitting a chain of
+layers at once makes each of them compensate the same upstream error:
+on ddddocr the output SNR then dropped from 7.6 to 2.9 dB, where the
+sequential refit raises it to 27.9 dB). ``rounds=k`` trades this for fewer
+calibration runs (``k`` contiguous chunks). The pass measures the teacher/student error of every
 refit layer and of every model output (SNR in dB, cosine) on the calibration
 data before and after; when the model's output SNR got worse, every change is
 undone (``reverted=1``). Each layer is handled once per kind (float refit,
@@ -423,7 +427,10 @@ class Distill(Pass):
         holdout: every ``holdout``-th calibration sample is held out to choose
             the ridge weight (and to keep the current weight when no refit
             beats it there); 0 uses ``ridge`` as is.
-        rounds: contiguous chunks of layers refit one after the other (>= 1).
+        rounds: contiguous chunks of layers refit one after the other (0: one
+            layer per chunk, fully sequential; fewer chunks cost fewer calibration
+            runs but a layer then compensates upstream errors that an earlier
+            layer of its chunk also removes).
         max_features: largest input features per group (``C/g * k``) to refit.
         gptq: GPTQ rounding of quantized MatMul/Gemm weights.
         gptq_ops: op types that get GPTQ (others get bias correction only).
@@ -441,7 +448,7 @@ class Distill(Pass):
 
     ridge: float = 1e-2
     holdout: int = 4
-    rounds: int = 4
+    rounds: int = 0
     max_features: int = 2304
     gptq: bool = True
     gptq_ops: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
@@ -600,7 +607,7 @@ class Distill(Pass):
             raise InputError("distill: the student and the teacher have different numbers of outputs")
         counts = {"refit": 0, "gptq": 0, "bias": 0}
         if targets:
-            rounds = max(1, min(int(self.rounds), len(targets)))
+            rounds = len(targets) if self.rounds <= 0 else min(int(self.rounds), len(targets))
             chunks = [list(c) for c in np.array_split(np.arange(len(targets)), rounds) if len(c)]
             model_before: list[OutputPair] = []
             for r, chunk in enumerate(chunks):
@@ -730,7 +737,7 @@ class Distill(Pass):
             if all(gs_.part_samples):  # choose the ridge weight on the held-out part
                 errs = {None: float(gs_.error(w0, 1).sum())}  # None: keep the current weight
                 for r in self.ridge * np.array([0.1, 1.0, 10.0, 100.0]):
-                    fit = self._ridge_fit(t, gs_, w0, has_bias, r, part=0, cg_iters=15)
+                    fit = self._ridge_fit(t, gs_, w0, has_bias, r, part=0, cg_iters=8)
                     errs[float(r)] = float(gs_.error(fit, 1).sum())
                 rel = min(errs, key=lambda k: errs[k])
                 stats[f"ridge:{layer.name}"] = -1.0 if rel is None else rel
@@ -750,7 +757,7 @@ class Distill(Pass):
         return True
 
     def _ridge_fit(
-        self, t: _Target, gs_: GramStats, w0: np.ndarray, has_bias: bool, rel: float, part: int | None, cg_iters: int = 60,
+        self, t: _Target, gs_: GramStats, w0: np.ndarray, has_bias: bool, rel: float, part: int | None, cg_iters: int = 40,
     ) -> np.ndarray:
         """Ridge solution ``[g, D+1, Mg]`` on one part (or all) of the statistics."""
         ata, aty, _ = (gs_.ata, gs_.aty, None) if part is None else gs_.parts[part]
@@ -765,7 +772,7 @@ class Distill(Pass):
                 free = t.free[gi].T  # [D, Mg]
                 if has_bias:
                     free = np.vstack([free, np.ones((1, mg), bool)])
-            sol = ridge_solve(h, rhs, ww, lam, free, cg_iters=cg_iters, cg_tol=1e-5)
+            sol = ridge_solve(h, rhs, ww, lam, free, cg_iters=cg_iters, cg_tol=1e-4)
             new[gi] = sol if has_bias else np.vstack([sol, w0[gi][d:]])
         return new
 

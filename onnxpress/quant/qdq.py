@@ -315,6 +315,8 @@ class QuantizeInt8(Pass):
                 _weight_bytes(model) / 1e6, self.sensitivity_max_mb,
             )
             analyse, skipped = False, 1
+        # The float weights are kept for the gated sensitivity model only.
+        self._keep_float_weights = analyse
         if analyse:
             _name_compute_nodes(model, graphs, self.names(model))
         proto = model.to_proto(external=True)
@@ -1037,7 +1039,8 @@ class QuantizeInt8(Pass):
         attrs = {"axis": int(axis)} if axis is not None else {}
         dq = gs.Node("DequantizeLinear", names.new(f"{w_t.name}_DequantizeLinear"), attrs=attrs, inputs=[q_t, s_t, z_t], outputs=[out])
         head.append(dq)
-        self._weight_dq[dq.name] = (owner, w)
+        if getattr(self, "_keep_float_weights", True):
+            self._weight_dq[dq.name] = (owner, w)
         cache[key] = out
         return out
 

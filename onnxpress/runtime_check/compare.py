@@ -130,7 +130,11 @@ def make_session(model: onnx.ModelProto | bytes | str, level: str = "disabled", 
             with session_file(model) as path:
                 return create(str(path))
         except (OSError, ExternalDataError) as exc:  # a read-only folder, or several folders
-            from ..graph.model import is_lazy_external, iter_tensor_protos, materialize_tensor
+            from ..graph.model import (
+                is_lazy_external,
+                iter_tensor_protos,
+                materialize_tensor,
+            )
 
             logger.warning(
                 "cannot give onnxruntime a temporary model beside the external data (%s): reading the weights "

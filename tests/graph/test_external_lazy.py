@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,12 @@ from onnxpress.calibration import MinMax, capture
 from onnxpress.errors import ExternalDataError
 from onnxpress.graph import constant_array, load, load_proto, save, save_proto
 from onnxpress.graph import io as gio
-from onnxpress.graph.model import BASEPATH, ExternalValues, is_lazy_external, iter_tensor_protos
+from onnxpress.graph.model import (
+    BASEPATH,
+    ExternalValues,
+    is_lazy_external,
+    iter_tensor_protos,
+)
 from onnxpress.runtime_check import make_session
 
 from ..conftest import run_ort
@@ -110,7 +114,7 @@ def test_load_leaves_external_data_on_disk(tmp_path):
     assert len(stubs) == 20
     for t in stubs:
         assert not t.HasField("raw_data") and t.data_location == TensorProto.EXTERNAL
-        assert dict((e.key, e.value) for e in t.external_data)[BASEPATH] == os.path.abspath(tmp_path)
+        assert {e.key: e.value for e in t.external_data}[BASEPATH] == os.path.abspath(tmp_path)
     assert grown < weights / 4, (grown, weights)
     # the eager reader still loads everything (the public contract of load_proto)
     eager = load_proto(path)
@@ -382,7 +386,7 @@ def test_peak_rss_on_a_100mb_external_data_model(model_100mb, recipe):
     big = _big()
     weights = (model_100mb.parent / "big.onnx.data").stat().st_size
     out = model_100mb.with_name(f"big.{recipe}.onnx")
-    code, seconds, peak, err = big.run_recipe(model_100mb, out, recipe, calib=2)
+    code, _seconds, peak, err = big.run_recipe(model_100mb, out, recipe, calib=2)
     assert code == 0, err
     snr, _ = big.compare(model_100mb, out)
     assert snr > (100 if recipe == "lossless" else 5), snr
