@@ -5,9 +5,33 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, settings
 
 from onnxpress.graph import Model, load
 from onnxpress.passes import Context, PassManager, make_pass
+
+
+# Hypothesis profiles (the fuzz tests in tests/fuzz): "ci", loaded by default, runs
+# 50 derandomized examples per test (the same on every run, no example database);
+# "long" runs 2000 random ones: python -m pytest --hypothesis-profile=long tests/fuzz
+_HYPOTHESIS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.register_profile("ci", max_examples=50, derandomize=True, database=None, **_HYPOTHESIS)
+settings.register_profile("long", max_examples=2000, **_HYPOTHESIS)
+settings.load_profile("ci")
+
+
+def pytest_configure(config) -> None:
+    # An explicit --hypothesis-profile wins over the "ci" default loaded above.
+    try:
+        profile = config.getoption("hypothesis_profile")
+    except ValueError:
+        profile = None
+    if profile:
+        settings.load_profile(profile)
 
 
 def run_ort(model: onnx.ModelProto | Model, feeds: dict, optimize: bool = False) -> list[np.ndarray]:

@@ -83,6 +83,7 @@ class FoldBatchNorm(Pass):
         counts: dict[str, int] = {}
         try:
             for g in iter_graphs(model.graph):
+                self._graph = g
                 self._local = {id(n) for n in g.nodes}
                 self._dead: set[int] = set()
                 for node in list(g.nodes):
@@ -101,8 +102,7 @@ class FoldBatchNorm(Pass):
                         continue
                     counts[kind] = counts.get(kind, 0) + 1
                     logger.debug("fold-batchnorm: folded %s (%s) as %s", node.name, node.op, kind)
-                if self._dead:
-                    g.nodes = [n for n in g.nodes if id(n) not in self._dead]
+                self._purge()
         finally:
             del self._model, self._names, self._shapes, self._outputs
         folded = sum(counts.values())
@@ -137,8 +137,15 @@ class FoldBatchNorm(Pass):
             raise _Refuse(f"producer of {t.name!r} is a custom op")
         return prod
 
+    def _purge(self) -> None:
+        """Drop the nodes unlinked so far from the current graph."""
+        if self._dead:
+            self._graph.nodes = [n for n in self._graph.nodes if id(n) not in self._dead]
+            self._dead = set()
+
     def _rank(self, t: gs.Tensor) -> int | None:
         if self._shapes is None:
+            self._purge()  # shape inference needs a valid graph, without unlinked nodes
             self._shapes = self.shapes(self._model)
         tt = self._shapes.get(t.name)
         return None if tt is None or tt.shape is None else len(tt.shape)

@@ -167,13 +167,14 @@ class FoldConstants(Pass):
     summary = "evaluate all-constant subgraphs in onnxruntime (size cap, no Random*, no QDQ)"
 
     def run(self, model: Model, ctx: Context) -> PassResult:
-        shapes = self.shapes(model) if self.fold_shapes else {}
         graph_outputs = all_graph_outputs(model)
         folded = shape_folded = 0
         # Repeat until nothing folds: a shape query (``Gather(Shape(x), i)``) is
-        # folded without onnxruntime only when ``i`` is already a constant, so an
-        # index that is itself folded in this round is picked up by the next one.
+        # folded without onnxruntime only when ``i`` is already a constant, and a
+        # folded constant (a Split's sizes) can make shapes concrete, so what one
+        # round folds can make more foldable in the next, with shapes inferred again.
         while True:
+            shapes = self.shapes(model) if self.fold_shapes else {}
             round_folded = skipped_large = 0
             for g in iter_graphs(model.graph):
                 n, s, big = self._fold_graph(model, g, shapes, graph_outputs)

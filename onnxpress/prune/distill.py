@@ -9,8 +9,10 @@ Pruning for Accelerating Very Deep Neural Networks", ICCV 2017: least-squares
 reconstruction of the next layer's output). Compressed layers are
 
 * consumers of channels removed by ``prune-channels``
-  (``ctx.options["pruned_layers"]``) and second factors of ``factorize-lowrank``
-  (``ctx.options["lowrank_layers"]``);
+  (``ctx.options["pruned_layers"]``), and the layers whose output channels it
+  removed (``ctx.options["pruned_channels"]``: kept output indices; the target
+  is the teacher's output sliced to them), and second factors of
+  ``factorize-lowrank`` (``ctx.options["lowrank_layers"]``);
 * sparse layers (``ctx.options["sparse_layers"]``, or >= 1% exact zeros): the
   zeros stay zero, the kept weights of each output row are solved on their
   own inputs;
@@ -57,15 +59,20 @@ compensates only the error its refit inputs still carry (refitting a chain of
 layers at once makes each of them compensate the same upstream error:
 on ddddocr the output SNR then dropped from 7.6 to 2.9 dB, where the
 sequential refit raises it to 27.9 dB). ``rounds=k`` trades this for fewer
-calibration runs (``k`` contiguous chunks). The pass measures the teacher/student error of every
-refit layer and of every model output (SNR in dB, cosine) on the calibration
-data before and after; when the model's output SNR got worse, every change is
-undone (``reverted=1``). Each layer is handled once per kind (float refit,
+calibration runs (``k`` contiguous chunks). Every capture run also measures
+the model outputs against the teacher's, so the pass knows the model's output
+SNR on the calibration data after each chunk; at the end it keeps the best of
+these states and undoes the chunks after it (``rejected:<node>``,
+``layers_rejected``): a layer-wise least-squares gain need not survive a
+softmax (magika), while a refit that costs output SNR for a while may be
+repaid by the layers after it (ddddocr), so no chunk is judged alone. The pass reports the teacher/student
+error of every refit layer and of the model outputs (SNR in dB, cosine) on the
+calibration data before and after. Each layer is handled once per kind (float refit,
 quantized) per model, so a second run reports ``modified=False``; a second
 ``distill`` after ``quantize-int8`` in a recipe handles the new quantized layers.
 
 Stats: ``layers_refit``, ``layers_gptq``, ``layers_bias_corrected``,
-``layers_skipped``, ``model_snr_db_before/after``, ``model_cosine_before/after``,
+``layers_skipped``, ``layers_rejected``, ``model_snr_db_before/after``, ``model_cosine_before/after``,
 ``layer_snr_db_before:<node>`` / ``layer_snr_db_after:<node>``, ``skipped:<node>``.
 """
 from __future__ import annotations
@@ -82,7 +89,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError
 from ..graph import Model
 from ..passes.base import Context, Pass, PassResult, register
-from ._layers import Layer, QuantInfo, dq_value, find_layers, im2col, limited, output_rows
+from ._layers import Layer, QuantInfo, find_layers, im2col, limited, output_rows
 
 __all__ = ["Distill", "GramStats", "OutputPair", "ridge_solve", "gptq_round", "snr_db"]
 
@@ -413,6 +420,7 @@ class _Target:
     bias_pair: OutputPair | None = None
     free: np.ndarray | None = None  # [g, Mg, D] keep-mask for sparse layers
     float_ref: np.ndarray | None = None  # the float weight a quantized layer rounds (node layout)
+    kept_out: np.ndarray | None = None  # output channels kept by prune-channels (teacher slice)
 
 
 @register
@@ -438,7 +446,8 @@ class Distill(Pass):
         bias_correction: correct the bias of quantized layers.
         layers: extra node names to refit even if not compressed.
         all_layers: refit every float linear layer with a teacher counterpart.
-        revert_if_worse: undo everything when the model output SNR dropped.
+        revert_if_worse: keep the best state seen (model output SNR on the
+            calibration data) instead of the last one.
         calibration_limit: samples read per capture run (0: all).
     """
 
@@ -463,6 +472,8 @@ class Distill(Pass):
         done: set[tuple[str, str]] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
         layers, _ = find_layers(model)
         compressed = self._compressed_names(ctx)
+        kept_out = {str(k): np.asarray(v, np.int64) for k, v in (ctx.options.get("pruned_channels") or {}).items()}
+        compressed |= set(kept_out)
         refs: dict[str, np.ndarray] = ctx.options.setdefault("_float_weights", {})
         for layer in layers:
             if not layer.quantized:
@@ -494,6 +505,7 @@ class Distill(Pass):
         if ctx.calibration is None:
             raise InputError("distill needs calibration data (--calib)")
         teacher = ctx.teacher if isinstance(ctx.teacher, onnx.ModelProto) else ctx.teacher.to_proto(external=True)
+        self._kept_out = kept_out
         return self._distill(model, teacher, ctx, candidates)
 
     # ------------------------------------------------------------ selection
@@ -599,7 +611,7 @@ class Distill(Pass):
             if kind == "refit" and _sparse(layer):
                 free = layer.rows() != 0
             ref = self._float_reference(layer) if kind == "gptq" else None
-            targets.append(_Target(layer, kind, tname, free=free, float_ref=ref))
+            targets.append(_Target(layer, kind, tname, free=free, float_ref=ref, kept_out=self._kept_out.get(layer.name)))
         undo: list[Callable[[], None]] = []
         out_names = [o.name for o in model.graph.outputs]
         t_out_names = [o.name for o in teacher.graph.output]
@@ -610,21 +622,46 @@ class Distill(Pass):
             rounds = len(targets) if self.rounds <= 0 else min(int(self.rounds), len(targets))
             chunks = [list(c) for c in np.array_split(np.arange(len(targets)), rounds) if len(c)]
             model_before: list[OutputPair] = []
-            for r, chunk in enumerate(chunks):
-                first = r == 0
-                self._capture_round(model, teacher, ctx, targets, [targets[i] for i in chunk], first, out_names, t_out_names, model_before)
-                for i in chunk:
-                    t = targets[i]
-                    if self._apply(model, t, undo, stats):
+            # history[k]: model output SNR after the first k chunks, and the edits of chunk k.
+            history: list[tuple[float, list[tuple[_Target, list]]]] = []
+            chunk_edits: list[tuple[_Target, list]] = []
+            for i, chunk in enumerate(chunks):
+                pairs: list[OutputPair] = []
+                self._capture_round(model, teacher, ctx, targets, [targets[j] for j in chunk], i == 0, out_names, t_out_names, pairs)
+                if i == 0:
+                    model_before = pairs
+                history.append((_model_metrics(pairs)[0], chunk_edits))
+                chunk_edits = []
+                for j in chunk:
+                    t = targets[j]
+                    edits: list = []
+                    if self._apply(model, t, edits, stats):
                         counts[t.kind] += 1
-            # Final measurement.
+                        chunk_edits.append((t, edits))
+            # Final measurement; then keep the best prefix of chunks (on the calibration data).
             after_pairs = {id(t): OutputPair(t.layer.channel_axis, None) for t in targets}
             model_after: list[OutputPair] = []
             self._measure(model, teacher, ctx, targets, after_pairs, out_names, t_out_names, model_after)
-            snr_b, cos_b = _model_metrics(model_before)
             snr_a, cos_a = _model_metrics(model_after)
+            history.append((snr_a, chunk_edits))
+            rejected = 0
+            best_k = len(history) - 1
+            if self.revert_if_worse:
+                best_k = max(range(len(history)), key=lambda k: (history[k][0], k))
+            for k in range(len(history) - 1, best_k, -1):
+                rejected += self._reject(history[k][1], counts, stats, history[best_k][0], history[k][0])
+            for k in range(best_k + 1):
+                for t, edits in history[k][1]:
+                    undo.extend(edits)
+            if best_k < len(history) - 1:
+                after_pairs = {id(t): OutputPair(t.layer.channel_axis, None) for t in targets}
+                model_after = []
+                self._measure(model, teacher, ctx, targets, after_pairs, out_names, t_out_names, model_after)
+                snr_a, cos_a = _model_metrics(model_after)
+            snr_b, cos_b = _model_metrics(model_before)
             stats.update(model_snr_db_before=round(snr_b, 3), model_snr_db_after=round(snr_a, 3),
-                         model_cosine_before=round(cos_b, 6), model_cosine_after=round(cos_a, 6))
+                         model_cosine_before=round(cos_b, 6), model_cosine_after=round(cos_a, 6),
+                         layers_rejected=rejected)
             for t in targets:
                 if t.pair is None or t.pair.ss is None:
                     continue
@@ -633,54 +670,56 @@ class Distill(Pass):
                 ap = after_pairs[id(t)]
                 if ap.ss is not None:
                     stats[f"layer_snr_db_after:{t.layer.name}"] = round(ap.metrics(gains)[0], 3)
-            reverted = 0
-            if self.revert_if_worse and undo and snr_a < snr_b - 1e-6:
-                logger.warning("distill: the model output SNR dropped (%.2f -> %.2f dB); changes undone", snr_b, snr_a)
-                for fn in reversed(undo):
-                    fn()
-                undo.clear()
-                reverted = 1
-                counts = {k: 0 for k in counts}
-            stats["reverted"] = reverted
             logger.info(
-                "distill: %d refit, %d GPTQ, %d bias-corrected, %d skipped; model output SNR %.2f -> %.2f dB, cosine %.5f -> %.5f",
-                counts["refit"], counts["gptq"], counts["bias"], skipped, snr_b, snr_a, cos_b, cos_a,
+                "distill: %d refit, %d GPTQ, %d bias-corrected, %d rejected, %d skipped; model output SNR %.2f -> %.2f dB, cosine %.5f -> %.5f",
+                counts["refit"], counts["gptq"], counts["bias"], rejected, skipped, snr_b, snr_a, cos_b, cos_a,
             )
         head = {"layers_refit": counts["refit"], "layers_gptq": counts["gptq"], "layers_bias_corrected": counts["bias"],
                 "layers_skipped": skipped}
         return PassResult(modified=bool(undo), stats={**head, **stats})
 
+    @staticmethod
+    def _reject(pending, counts, stats, best: float, now: float) -> int:
+        """Undo the refits of one chunk (the best state had a better model output)."""
+        for t, edits in reversed(pending):
+            for fn in reversed(edits):
+                fn()
+            counts[t.kind] -= 1
+            stats[f"rejected:{t.layer.name}"] = 1
+            logger.debug("distill: %s undone: model output SNR %.3f -> %.3f dB", t.layer.name, best, now)
+        return len(pending)
+
     def _data(self, ctx: Context):
         return limited(ctx.calibration, self.calibration_limit)
 
-    def _capture_round(self, model, teacher, ctx, targets, chunk, first, out_names, t_out_names, model_before) -> None:
+    def _capture_round(self, model, teacher, ctx, targets, chunk, first, out_names, t_out_names, model_pairs) -> None:
         from ..calibration import capture
 
         collectors: dict[str, list] = {}
         t_names: list[str] = []
         stash_ref: list[_Stash] = []
 
-        def teacher_value(name: str) -> Callable[[], np.ndarray | None]:
-            return lambda: stash_ref[0].values.get(name)
+        def teacher_value(name: str, t: _Target | None = None) -> Callable[[], np.ndarray | None]:
+            return _teacher_getter(stash_ref, name, t)
 
         for t in chunk:
             if t.kind == "bias":
-                t.bias_pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out))
+                t.bias_pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out, t))
                 collectors.setdefault(t.layer.out.name, []).append(t.bias_pair)
             else:
-                t.gram = GramStats(t.layer, teacher_value(t.teacher_out), holdout=self.holdout if t.kind == "refit" else 0)
+                t.gram = GramStats(t.layer, teacher_value(t.teacher_out, t), holdout=self.holdout if t.kind == "refit" else 0)
                 collectors.setdefault(t.layer.x.name, []).append(t.gram)
             t_names.append(t.teacher_out)
         if first:
             for t in targets:
-                t.pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out))
+                t.pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out, t))
                 collectors.setdefault(t.layer.out.name, []).append(t.pair)
                 t_names.append(t.teacher_out)
-            for s_name, t_name in zip(out_names, t_out_names):
-                pair = OutputPair(None, teacher_value(t_name))
-                model_before.append(pair)
-                collectors.setdefault(s_name, []).append(pair)
-                t_names.append(t_name)
+        for s_name, t_name in zip(out_names, t_out_names):
+            pair = OutputPair(None, teacher_value(t_name))
+            model_pairs.append(pair)
+            collectors.setdefault(s_name, []).append(pair)
+            t_names.append(t_name)
         stash = _Stash(teacher, t_names, self._data(ctx))
         stash_ref.append(stash)
         capture(model.to_proto(external=True), list(collectors), stash, collectors, progress=False, desc="distill")
@@ -692,12 +731,12 @@ class Distill(Pass):
         t_names: list[str] = []
         stash_ref: list[_Stash] = []
 
-        def teacher_value(name: str):
-            return lambda: stash_ref[0].values.get(name)
+        def teacher_value(name: str, t: _Target | None = None):
+            return _teacher_getter(stash_ref, name, t)
 
         for t in targets:
             p = pairs[id(t)]
-            p.teacher = teacher_value(t.teacher_out)
+            p.teacher = teacher_value(t.teacher_out, t)
             collectors.setdefault(t.layer.out.name, []).append(p)
             t_names.append(t.teacher_out)
         for s_name, t_name in zip(out_names, t_out_names):
@@ -868,6 +907,24 @@ class Distill(Pass):
 
 
 # ------------------------------------------------------------------ helpers
+def _teacher_getter(stash_ref: list, name: str, t: _Target | None) -> Callable[[], np.ndarray | None]:
+    """Reads the teacher's value of ``name`` for the current sample; for a layer
+    whose output channels prune-channels removed, only the kept channels."""
+    kept = None if t is None else t.kept_out
+    axis = None if t is None else t.layer.channel_axis
+
+    def get() -> np.ndarray | None:
+        v = stash_ref[0].values.get(name)
+        if v is None or kept is None:
+            return v
+        ax = axis if axis >= 0 else v.ndim + axis
+        if v.ndim <= ax or v.shape[ax] <= int(kept.max(initial=-1)):
+            return None
+        return np.take(v, kept, axis=ax)
+
+    return get
+
+
 def _sparse(layer: Layer) -> bool:
     return (not layer.quantized) and float(np.mean(layer.w == 0)) >= 0.01
 

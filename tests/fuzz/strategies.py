@@ -184,6 +184,7 @@ class _Root:
     inits: list[onnx.TensorProto] = field(default_factory=list)
     ops: list[str] = field(default_factory=list)
     vals: dict[str, Val] = field(default_factory=dict)
+    cast_outputs: set[str] = field(default_factory=set)
     N: Dim | None = None
     S: Dim | None = None
 
@@ -231,6 +232,8 @@ class _Builder:
         node = h.make_node(op, inputs, outs, name=self.fresh(f"n{op}"), **attrs)
         self.nodes.append(node)
         self.root.ops.append(op)
+        if op == "Cast":
+            self.root.cast_outputs.update(outs)
         for i in inputs:
             v = self.root.vals.get(i)
             if v is not None:
@@ -720,12 +723,12 @@ class _Builder:
             if to != F32:
                 self.val(cur, to, x.dims, x.exact, x.mag)
         v = self.val(cur, F32, x.dims, x.exact, x.mag)
-        # onnxruntime 1.32 bug: the output of Cast(Cast(x, f64), f32) read inside an
-        # If branch arrives there as null ("Missing Input" / "Trying to get a
-        # TensorSeq, but got: (null)"), even with graph optimizations disabled:
-        # its RemoveDuplicateCastTransformer drops the pair without rewiring the
-        # subgraph's implicit input. Keep such values out of subgraphs.
-        v.capturable = kind != "f64"
+        # onnxruntime 1.32 bug: the output of a Cast of a Cast (f32->f64->f32,
+        # f32->f32->f32) read inside an If branch arrives there as null ("Missing
+        # Input" / "Trying to get a TensorSeq, but got: (null)"), even with graph
+        # optimizations disabled: its RemoveDuplicateCastTransformer drops the pair
+        # without rewiring the subgraph's implicit input. Keep them out of subgraphs.
+        v.capturable = len(chain) == 1 and x.name not in self.root.cast_outputs
         return True
 
     def op_shape_scale(self) -> bool:
@@ -945,6 +948,8 @@ class _Builder:
         node.output.extend(outs)
         self.nodes.append(node)
         self.root.ops.append(src.op_type)
+        if src.op_type == "Cast":
+            self.root.cast_outputs.update(outs)
         for i in src.input:
             if i in self.root.vals:
                 self.root.vals[i].uses += 1

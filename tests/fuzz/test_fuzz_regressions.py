@@ -211,3 +211,47 @@ def test_eliminate_dead_code_detaches_the_subgraphs_of_removed_nodes() -> None:
     assert make_pass("eliminate-dead-code").run(model, Context()).stats["nodes_removed"] == 2
     assert make_pass("fold-batchnorm").run(model, Context()).stats.get("bn_conv") == 1
     check_lossless_recipe(fm)
+
+
+def test_fold_batchnorm_infers_shapes_without_the_nodes_it_already_folded() -> None:
+    """fold-batchnorm, not idempotent: after folding ``Mul(c, Conv)`` the Mul node
+    stayed in the graph, disconnected, until the end of the graph's loop; the
+    shapes needed next (the rank of the MatMul before a BatchNormalization) were
+    inferred from that invalid graph, came back unknown, and the BN was folded
+    only by a second run."""
+    fm = fuzz_model(
+        """
+        g (float[1,1,2,S] x, float[1,4] u) => (float[1,1] y, float[1,1,2,S] z)
+          <float[1,1,1,1] w = {-0.75}, float[1,1,1] c = {-1.5}, float[4,1] k = {0.1, -0.5, -0.1, -0.08},
+           float[1] s = {1.2}, float[1] b = {0.05}, float[1] m = {-0.4}, float[1] v = {1.2}> {
+            t = Conv (x, w)
+            z = Mul (c, t)
+            p = MatMul (u, k)
+            y = BatchNormalization (p, s, b, m, v)
+        }
+        """,
+        [{"x": (1, 1, 2, 4), "u": (1, 4)}, {"x": (1, 1, 2, 5), "u": (1, 4)}],
+    )
+    result = check_lossless_pass(fm, "fold-batchnorm")
+    assert result.stats.get("mul_conv") == 1 and result.stats.get("bn_matmul") == 1
+    check_lossless_recipe(fm)
+
+
+def test_fold_constants_infers_shapes_again_after_folding() -> None:
+    """fold-constants, not idempotent: the Split sizes ``Identity(sizes)`` hide
+    the Split's output shapes, so ``Shape(b)`` became foldable only once the
+    Identity had been folded, and shapes were inferred once per run."""
+    fm = fuzz_model(
+        """
+        g (float[1,1,2,3] x) => (int64[1] d) <int64[2] sizes = {1, 2}, int64[1] zero = {0}> {
+            s = Identity (sizes)
+            a, b = Split <axis = 3> (x, s)
+            h = Shape (b)
+            d = Gather <axis = 0> (h, zero)
+        }
+        """,
+        [{"x": (1, 1, 2, 3)}] * 2,
+    )
+    result = check_lossless_pass(fm, "fold-constants")
+    assert result.stats["nodes_folded"] == 2  # Identity, Shape (Gather writes a graph output)
+    check_lossless_recipe(fm)
