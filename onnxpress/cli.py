@@ -18,18 +18,12 @@ from typing import Sequence
 
 from . import __version__
 from .errors import CheckError, InputError, OnnxpressError
+from .runtime_check.report import human_size as _human
 
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("onnxpress")
 
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GB"
 
 
 def build_parser() -> argparse.ArgumentParser:

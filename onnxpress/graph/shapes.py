@@ -159,7 +159,7 @@ def _standalone_subgraph(model: Model, graph: gs.Graph, known: dict[str, TensorT
     declared = {vi.name for vi in gp.input} | {t.name for t in gp.initializer}
     produced: set[str] = set()
     read: dict[str, gs.Tensor] = {}
-    for g in _graphs_below(graph):
+    for g in iter_graphs(graph, functions=False):
         produced.update(t.name for t in g.inputs)
         for node in g.nodes:
             produced.update(t.name for t in node.outputs)
@@ -184,16 +184,6 @@ def _standalone_subgraph(model: Model, graph: gs.Graph, known: dict[str, TensorT
     proto.ir_version = max(model.ir_version, 4)
     return proto
 
-
-def _graphs_below(graph: gs.Graph):
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.nodes:
-            for v in node.attrs.values():
-                if isinstance(v, gs.Graph):
-                    stack.append(v)
 
 
 def infer_shapes(model: Model) -> dict[str, TensorType]:

@@ -22,9 +22,15 @@ __all__ = [
     "detach_graph",
     "detach_subgraphs",
     "ONNX_DOMAINS",
+    "NON_DETERMINISTIC_OPS",
 ]
 
 ONNX_DOMAINS = (None, "", "ai.onnx")
+
+# Ops whose outputs differ from run to run: never folded, merged or assumed equal.
+NON_DETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
 
 
 def optional_input(node: gs.Node, i: int) -> gs.Tensor | None:

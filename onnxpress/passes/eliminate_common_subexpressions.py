@@ -34,23 +34,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph import Model, constant_array, iter_graphs
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs, replace_uses
+from ._rewrite import NON_DETERMINISTIC_OPS, ONNX_DOMAINS, all_graph_outputs, replace_uses
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["EliminateCommonSubexpressions", "NON_DETERMINISTIC_OPS"]
 
 logger = logging.getLogger(__name__)
 
-NON_DETERMINISTIC_OPS = frozenset(
-    {
-        "RandomNormal",
-        "RandomUniform",
-        "RandomNormalLike",
-        "RandomUniformLike",
-        "Bernoulli",
-        "Multinomial",
-    }
-)
 
 _DOMAINS = (*ONNX_DOMAINS, "ai.onnx.ml")
 

@@ -34,21 +34,15 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from ..graph import Model, TensorType, constant_array, iter_graphs
 from ..graph.model import ExternalValues
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs, remove_nodes, replace_uses
+from ._rewrite import NON_DETERMINISTIC_OPS, ONNX_DOMAINS, all_graph_outputs, remove_nodes, replace_uses
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["FoldConstants", "NEVER_FOLD"]
 
 logger = logging.getLogger(__name__)
 
-NEVER_FOLD = frozenset(
+NEVER_FOLD = NON_DETERMINISTIC_OPS | frozenset(
     {
-        "RandomNormal",
-        "RandomUniform",
-        "RandomNormalLike",
-        "RandomUniformLike",
-        "Bernoulli",
-        "Multinomial",
         "QuantizeLinear",
         "DequantizeLinear",
         "DynamicQuantizeLinear",

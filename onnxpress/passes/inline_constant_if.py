@@ -24,16 +24,6 @@ __all__ = ["InlineConstantIf"]
 logger = logging.getLogger(__name__)
 
 
-def _graphs_below(graph: gs.Graph):
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.nodes:
-            for v in node.attrs.values():
-                if isinstance(v, gs.Graph):
-                    stack.append(v)
-
 
 @register
 @dataclass
@@ -63,7 +53,7 @@ class InlineConstantIf(Pass):
                     continue
                 taken = node.attrs["then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"]
                 other = node.attrs["else_branch" if bool(cond.reshape(-1)[0]) else "then_branch"]
-                dropped += sum(len(sg.nodes) for sg in _graphs_below(other))
+                dropped += sum(len(sg.nodes) for sg in iter_graphs(other, functions=False))
                 detach_graph(other)  # its nodes must not stay readers of outer values
                 self._inline(model, g, node, taken)
                 inlined += 1  # the taken branch's nodes now start at position i: visit them next
@@ -76,10 +66,10 @@ class InlineConstantIf(Pass):
 
     def _inline(self, model: Model, graph: gs.Graph, node: gs.Node, branch: gs.Graph) -> None:
         names = self.names(model)
-        local = {id(t) for sg in _graphs_below(branch) for n in sg.nodes for t in n.outputs}
+        local = {id(t) for sg in iter_graphs(branch, functions=False) for n in sg.nodes for t in n.outputs}
         # Names of the branch's own values that also appear outside it.
         outside: set[str] = set()
-        branch_graphs = {id(sg) for sg in _graphs_below(branch)}
+        branch_graphs = {id(sg) for sg in iter_graphs(branch, functions=False)}
         for g in iter_graphs(model.graph):
             if id(g) in branch_graphs:
                 continue
@@ -87,7 +77,7 @@ class InlineConstantIf(Pass):
                 outside.update(t.name for t in n.outputs)
                 outside.update(t.name for t in n.inputs)
             outside.update(t.name for t in g.inputs)
-        for sg in _graphs_below(branch):
+        for sg in iter_graphs(branch, functions=False):
             for n in sg.nodes:
                 for t in n.outputs:
                     if t.name in outside and id(t) in local:

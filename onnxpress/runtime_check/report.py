@@ -34,7 +34,8 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as B/KB/MB/GB (powers of 1024)."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -109,8 +110,8 @@ def _latency_lines(report: "CheckReport") -> list[str]:
     if report.sizes:
         r, c = report.sizes["reference"], report.sizes["candidate"]
         rows.append(
-            f"size: reference {_human(r['disk'])} (gzip {_human(r['gzip'])}), candidate {_human(c['disk'])} "
-            f"(gzip {_human(c['gzip'])}), {c['disk'] / max(r['disk'], 1):.2f}x"
+            f"size: reference {human_size(r['disk'])} (gzip {human_size(r['gzip'])}), candidate {human_size(c['disk'])} "
+            f"(gzip {human_size(c['gzip'])}), {c['disk'] / max(r['disk'], 1):.2f}x"
         )
     return rows
 
@@ -203,7 +204,7 @@ def render_markdown(report: "CheckReport") -> str:
             r, c = report.sizes["reference"], report.sizes["candidate"]
             lines += _md_table(
                 ["model", "on disk", "gzip"],
-                [["reference", _human(r["disk"]), _human(r["gzip"])], ["candidate", _human(c["disk"]), _human(c["gzip"])]],
+                [["reference", human_size(r["disk"]), human_size(r["gzip"])], ["candidate", human_size(c["disk"]), human_size(c["gzip"])]],
             )
             lines.append("")
         if report.latency:
