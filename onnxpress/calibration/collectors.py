@@ -235,6 +235,16 @@ class Histogram:
         return f"Histogram(bins={self.bins}, range=[{self.lo:g}, {self.hi:g}], count={self.count})"
 
 
+def _channel_axis(a: np.ndarray, axis: int, who: str) -> int:
+    """``axis`` of ``a`` as a non-negative index; ValueError for scalars or out of range."""
+    if a.ndim == 0:
+        raise ValueError(f"{who} needs an array with a channel axis, got a scalar")
+    resolved = axis if axis >= 0 else a.ndim + axis
+    if not 0 <= resolved < a.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of rank {a.ndim}")
+    return resolved
+
+
 class PerChannel:
     """Per-channel statistics along one axis, accumulated in float64.
 
@@ -261,11 +271,7 @@ class PerChannel:
         a = np.asarray(array)
         if a.size == 0:
             return
-        if a.ndim == 0:
-            raise ValueError("PerChannel needs an array with a channel axis, got a scalar")
-        axis = self.axis if self.axis >= 0 else a.ndim + self.axis
-        if not 0 <= axis < a.ndim:
-            raise ValueError(f"axis {self.axis} is out of range for an array of rank {a.ndim}")
+        axis = _channel_axis(a, self.axis, "PerChannel")
         x = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64, copy=False)
         if self.sum is None:
             self.min = x.min(axis=1)
@@ -333,11 +339,7 @@ class Gram:
         a = np.asarray(array)
         if a.size == 0:
             return
-        if a.ndim == 0:
-            raise ValueError("Gram needs an array with a channel axis, got a scalar")
-        axis = self.axis if self.axis >= 0 else a.ndim + self.axis
-        if not 0 <= axis < a.ndim:
-            raise ValueError(f"axis {self.axis} is out of range for an array of rank {a.ndim}")
+        axis = _channel_axis(a, self.axis, "Gram")
         x = np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).astype(np.float64, copy=False)
         if self.xtx is None:
             self.xtx = x.T @ x

@@ -253,10 +253,6 @@ def test_mnist_recipe_half_the_neurons_int8_within_one_point():
     100 held-out digits; accuracy on the other 900)."""
     import onnxpress
     from onnxpress.demo import load_demo
-    from onnxpress.passes import registered_passes
-
-    if "prune-channels" not in registered_passes():
-        pytest.skip("prune-channels is not registered")
     model, x, y = load_demo()
     calib = [{"input": x[i : i + 10]} for i in range(0, 100, 10)]
     result = onnxpress.optimize(model, recipe="edge-int8-pruned", calibration=calib, prune_channels={"ratio": 0.5})
