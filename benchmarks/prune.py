@@ -2,8 +2,8 @@
 
 For each model (magika, PP-OCRv4 det and rec, ddddocr) and each channel ratio:
 the lossless fp32 model, then ``prune-channels`` (filter L1 importance) at that
-ratio, then ``distill`` (the original model as teacher). Columns: MACs (M),
-size (MB, serialized), onnxruntime CPU latency (1 thread, ORT_ENABLE_ALL,
+ratio, then ``distill`` (the original model as teacher). Columns: MACs (M, on
+the latency input's shape), size (MB, serialized), onnxruntime CPU latency (1 thread, ORT_ENABLE_ALL,
 median of 20 runs on one real input), the task metric of the pruned and of the
 distilled model on real evaluation inputs (disjoint from the calibration
 inputs), the held-out output SNR against the fp32 model, and the distillation
@@ -18,10 +18,12 @@ Usage::
 
     python benchmarks/prune.py --out benchmarks/results/prune.md
     python benchmarks/prune.py --models magika --ratios 0.3
+    python benchmarks/prune.py --refresh benchmarks/results/prune.json --out benchmarks/results/prune.md
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -68,6 +70,41 @@ def snr(ref, got) -> float:
     return 10 * np.log10(num / max(den, 1e-300))
 
 
+def macs_at(model: onnx.ModelProto, feed) -> int:
+    """MACs of Conv/ConvTranspose/Gemm/MatMul in one run on ``feed``, from the
+    shapes onnxruntime really produces (shape inference cannot follow every
+    dynamic Reshape of these models)."""
+    linear = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.domain in ("", "ai.onnx")]
+    inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    have = {o.name for o in work.graph.output} | {i.name for i in work.graph.input} | set(inits)
+    wanted = []
+    for n in linear:
+        for t in [*n.input[:2], n.output[0]]:
+            if t and t not in have:
+                work.graph.output.add().name = t
+                have.add(t)
+            wanted.append(t)
+    names = [o.name for o in work.graph.output]
+    sess = make_session(work, "disabled")
+    values = dict(zip(names, sess.run(names, feed)))
+    shape = lambda t: inits[t] if t in inits else (np.shape(feed[t]) if t in feed else np.shape(values[t]))
+    total = 0
+    for n in linear:
+        x, w, y = shape(n.input[0]), shape(n.input[1]), shape(n.output[0])
+        if n.op_type == "Conv":
+            total += int(np.prod(y)) * int(np.prod(w[1:]))
+        elif n.op_type == "ConvTranspose":
+            total += int(np.prod(x)) * int(np.prod(w[1:]))
+        elif n.op_type == "Gemm":
+            trans_a = any(a.name == "transA" and a.i for a in n.attribute)
+            total += int(np.prod(y)) * int(x[0] if trans_a else x[-1])
+        else:
+            total += int(np.prod(y)) * int(x[-1])
+    return total
+
+
 def latency_ms(model, feed, runs: int = 20) -> float:
     sess = make_session(model, "enabled", threads=1)
     for _ in range(3):
@@ -91,9 +128,8 @@ def bench_model(name: str, ratios) -> list[dict]:
     ref = outputs(teacher, feeds)
     lat_feed = feeds[0]
     rows = []
-    st = model_stats(load(base))
     row0 = {
-        "model": name, "ratio": 0.0, "macs": st.macs, "size": base.ByteSize(), "latency": latency_ms(base, lat_feed),
+        "model": name, "ratio": 0.0, "macs": macs_at(base, lat_feed), "size": base.ByteSize(), "latency": latency_ms(base, lat_feed),
         "metric_pruned": metric(name, path, ref, outputs(base, feeds), labels), "metric_distilled": None,
         "snr_pruned": None, "snr_distilled": None, "seconds": 0.0,
     }
@@ -109,9 +145,8 @@ def bench_model(name: str, ratios) -> list[dict]:
         seconds = time.perf_counter() - start
         out = model.to_proto()
         a, b = outputs(pruned, feeds), outputs(out, feeds)
-        st = model_stats(load(out))
         row = {
-            "model": name, "ratio": ratio, "macs": st.macs, "size": out.ByteSize(), "latency": latency_ms(out, lat_feed),
+            "model": name, "ratio": ratio, "macs": macs_at(out, lat_feed), "size": out.ByteSize(), "latency": latency_ms(out, lat_feed),
             "latency_pruned": latency_ms(pruned, lat_feed),
             "metric_pruned": metric(name, path, ref, a, labels), "metric_distilled": metric(name, path, ref, b, labels),
             "snr_pruned": snr(ref, a), "snr_distilled": snr(ref, b), "seconds": seconds,
@@ -120,6 +155,19 @@ def bench_model(name: str, ratios) -> list[dict]:
         rows.append(row)
         print(f"{name} {ratio}: {row}", flush=True)
     return rows
+
+
+def measure_pruned(name: str, ratio: float) -> dict:
+    """MACs (on the latency input), size and latency of the lossless model pruned
+    at ``ratio`` (0: not pruned)."""
+    teacher = onnx.load(str(rm.fetch(name)))
+    feed = rm.real_inputs(name, n=1, seed=EVAL_SEED)[0]
+    model = load(teacher)
+    PassManager([make_pass(n, **o) for n, o in load_recipe("lossless").passes]).run(model, Context())
+    if ratio:
+        PassManager([make_pass("prune-channels", ratio=ratio)]).run(model, Context())
+    proto = model.to_proto()
+    return {"macs": macs_at(proto, feed), "size": proto.ByteSize(), "latency": latency_ms(proto, feed, runs=50)}
 
 
 def table(rows: list[dict]) -> str:
@@ -176,17 +224,30 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--ratios", nargs="*", type=float, default=list(RATIOS))
-    ap.add_argument("--out", help="write the Markdown table here")
+    ap.add_argument("--out", help="write the Markdown table here (and the rows as JSON beside it)")
+    ap.add_argument(
+        "--refresh",
+        help="re-measure MACs, size and latency of the rows of this JSON on re-pruned models (no "
+        "distillation: a distilled model has the pruned model's graph) and rewrite --out",
+    )
     args = ap.parse_args(argv)
-    mnist = bench_mnist()
-    print(mnist, flush=True)
-    rows = []
-    for name in args.models:
-        try:
-            rows.extend(bench_model(name, args.ratios))
-        except Exception:
-            traceback.print_exc()
-            print(f"{name}: failed", file=sys.stderr)
+    if args.refresh:
+        with open(args.refresh, encoding="utf-8") as f:
+            saved = json.load(f)
+        rows, mnist = saved["rows"], saved["mnist"]
+        for r in rows:
+            r.update(measure_pruned(r["model"], r["ratio"]))
+            print(r["model"], r["ratio"], r["macs"], r["size"], round(r["latency"], 2), flush=True)
+    else:
+        mnist = bench_mnist()
+        print(mnist, flush=True)
+        rows = []
+        for name in args.models:
+            try:
+                rows.extend(bench_model(name, args.ratios))
+            except Exception:
+                traceback.print_exc()
+                print(f"{name}: failed", file=sys.stderr)
     text = table(rows)
     print(text)
     if args.out:
@@ -194,6 +255,8 @@ def main(argv=None) -> int:
             f.write("# Structured pruning + distillation (benchmarks/prune.py)\n\n")
             f.write(f"Calibration samples: {N_CALIB}; evaluation samples: {N_EVAL}. ORT CPU, 1 thread.\n\n")
             f.write(text + "\n\n" + mnist + "\n")
+        with open(args.out.rsplit(".", 1)[0] + ".json", "w", encoding="utf-8") as f:
+            json.dump({"rows": rows, "mnist": mnist}, f, indent=1, default=float)
     return 0
 
 
