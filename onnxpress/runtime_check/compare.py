@@ -47,8 +47,9 @@ comparator: per-output results that are truthy when they pass):
 - ``cosine``: cosine similarity of the flattened outputs;
 - ``snr_db``: ``10 log10(sum a^2 / sum (a - b)^2)`` (``inf`` when equal);
 - ``nonfinite``: NaN/Inf in the candidate where the reference is finite;
-- ``top1``, ``top5`` for classifier-like outputs (rank >= 2, last dim >= 2):
-  over every row of the last axis, the fraction where the candidate's argmax
+- ``top1``, ``top5`` for classifier-like outputs (``[N, C]`` or ``[N, T, C]``
+  float scores, ``C >= 2``; rank-4+ maps such as segmentation or detection
+  heads are not classifier scores and get none): over every row of the last axis, the fraction where the candidate's argmax
   equals the reference's, and where the reference's argmax is among the
   candidate's five largest (``top5`` only when the last dim is > 5).
 
@@ -555,7 +556,7 @@ class _Accumulator:
                 self.ort_noise = max(self.ort_noise, scale)
                 tol = tol + noise + scale
             self.violations += int(np.count_nonzero(diff > tol))
-        if ref.ndim >= 2 and ref.shape[-1] >= 2 and ref.dtype.kind == "f":
+        if ref.ndim in (2, 3) and ref.shape[-1] >= 2 and ref.dtype.kind == "f":
             c = ref.shape[-1]
             r2 = np.nan_to_num(ref.reshape(-1, c).astype(np.float64), nan=-np.inf)
             g2 = np.nan_to_num(got.reshape(-1, c).astype(np.float64), nan=-np.inf)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 import pytest
 
 from onnxpress.errors import InputNameError
@@ -176,6 +177,17 @@ def test_top1_top5_agreement_and_min_top1(weight):
     # Non-classifier outputs (last dim 1) have no top-k.
     narrow = _matmul(weight[:, :1], out_dim=1)
     assert compare(narrow, narrow, random_feeds(narrow, n=1, dim_sizes={"N": 3})).outputs[0].top1 is None
+
+
+def test_no_topk_for_rank4_maps():
+    """A [N, C, H, W] map (segmentation, a detector's probability map) is not a
+    classifier's scores: its last axis is image width, so no top-k is reported."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 16])
+    m = helper.make_model(helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    o = compare(m, m, random_feeds(m, n=1)).outputs[0]
+    assert o.top1 is None and o.top5 is None and o.passed
 
 
 def test_per_output_tolerances():
