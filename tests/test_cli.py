@@ -1,6 +1,8 @@
 """CLI: optimize/check/inspect/passes/recipes, exit codes, bad input writes nothing."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -115,12 +117,63 @@ def test_failed_check_exits_1_and_does_not_write(tmp_path, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_demo_runs_every_recipe_and_keeps_accuracy(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("original (", "lossless  ", "edge-int8  "))}
-    assert set(rows) == {"original", "lossless", "edge-int8"}
-    fp32_acc = float(rows["original"][-1])
-    assert float(rows["lossless"][-1]) == fp32_acc
-    assert float(rows["edge-int8"][-1]) >= fp32_acc - 0.01  # int8 within 1 point
-    assert float(rows["edge-int8"][3]) < 0.35  # x size: int8 weights
+@pytest.fixture(scope="module")
+def demo_output():
+    """``onnxpress demo``'s exit code and its table rows: name -> the row's numbers."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["demo"])
+    out = buf.getvalue()
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    assert lines[header].split() == [
+        "model", "nodes", "MACs", "size", "(bytes)", "x", "size", "latency", "us", "x", "lat", "accuracy"
+    ]
+    rows = {}
+    for line in lines[header + 1 :]:
+        fields = line.split()
+        if len(fields) < 8 or not fields[-1].replace(".", "").isdigit():
+            break  # the end of the table
+        name = " ".join(fields[:-7])
+        nodes, macs, size, x_size, latency, x_lat, acc = fields[-7:]
+        rows[name] = {
+            "nodes": int(nodes), "macs": int(macs.replace(",", "")), "size": int(size.replace(",", "")),
+            "x_size": float(x_size), "latency": float(latency), "x_lat": float(x_lat), "accuracy": float(acc),
+        }
+    return code, out, rows
+
+
+def test_demo_runs_every_recipe_and_keeps_accuracy(demo_output):
+    code, out, rows = demo_output
+    assert code == 0, out
+    assert list(rows)[:3] == ["original (fp32)", "lossless", "edge-int8"], out
+    fp32 = rows["original (fp32)"]
+    assert fp32["macs"] == 784 * 128 + 128 * 10
+    assert rows["lossless"]["accuracy"] == fp32["accuracy"]
+    assert rows["lossless"]["nodes"] < fp32["nodes"]
+    assert rows["edge-int8"]["accuracy"] >= fp32["accuracy"] - 0.01  # int8 within 1 point
+    assert rows["edge-int8"]["x_size"] < 0.35  # int8 weights
+    assert all(r["latency"] > 0 for r in rows.values())
+
+
+def test_demo_prunes_distills_and_quantizes_step_by_step(demo_output):
+    """Issue #5: the MLP pruned (50% of the hidden neurons), distilled and
+    quantized, with test accuracy at each step (benchmarks/results/prune.md:
+    0.9378 fp32, 0.8456 pruned, 0.9333 + distill, 0.9311 + int8)."""
+    code, out, rows = demo_output
+    assert code == 0, out
+    steps = ["pruned 50%", "pruned 50% + distill", "pruned 50% + distill + int8"]
+    assert list(rows)[3:] == steps, out
+    fp32 = rows["original (fp32)"]
+    pruned, distilled, int8 = (rows[s] for s in steps)
+    # Half of the 128 hidden neurons: half the MACs, half the fp32 weights.
+    assert pruned["macs"] == distilled["macs"] == int8["macs"] == 784 * 64 + 64 * 10
+    assert 0.45 < pruned["x_size"] < 0.55 and 0.45 < distilled["x_size"] < 0.55
+    assert int8["x_size"] < 0.2  # int8 weights of the pruned model
+    assert int8["nodes"] > distilled["nodes"]  # Q/DQ nodes
+    # Pruning alone loses accuracy; distillation to the original wins it back.
+    assert pruned["accuracy"] < distilled["accuracy"] - 0.03
+    assert pruned["accuracy"] > 0.5  # not broken, just less accurate
+    assert distilled["accuracy"] >= fp32["accuracy"] - 0.01
+    assert int8["accuracy"] >= fp32["accuracy"] - 0.015
+    assert "recipe='edge-int8-pruned'" in out and "prune_channels={'ratio': 0.5}" in out
