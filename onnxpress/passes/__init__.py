@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (importing registers the passes)
     eliminate_dead_code,
     fold_batchnorm,
     fold_constants,
+    fuse_hardswish,
     inline_constant_if,
     lift_constants,
     merge_initializers,

@@ -7,7 +7,7 @@ spatial ``S``), so every op added is valid for all of them; a dimension is
 declared static, by its symbol, or unnamed (derived, e.g. ``S + 2``).
 
 Ops: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization; Add, Mul, Sub, Div,
-Relu, Sigmoid, Concat, Split, Reshape, Flatten, Transpose; Slice, Pad, Identity,
+Relu, Sigmoid, Clip, Concat, Split, Reshape, Flatten, Transpose; Slice, Pad, Identity,
 Cast, Constant, Shape + Gather (and Greater, for If conditions); If whose branches
 read outer-scope values (nested up to depth 2).
 
@@ -18,7 +18,9 @@ expressions; shared and byte-identical initializers; overridable initializers
 (Mul/Div by ones, Add/Sub zeros, identity Transpose, Reshape to the same shape,
 full Slice, zero Pad, Cast to the same type); BatchNorm / per-channel Mul and Add
 after Conv, ConvTranspose, Gemm and MatMul; duplicate subexpressions; dead nodes
-and unused Split outputs; Cast round trips (f32->f16->f32, f32->f64->f32,
+and unused Split outputs; decomposed HardSwish (``x * Clip(x + 3, 0, 6)`` then ``/ 6`` or ``* 1/6``, or
+the scale first; either operand order; an intermediate sometimes read again);
+Cast round trips (f32->f16->f32, f32->f64->f32,
 f32->int32->f32, and the exact f16->f32->f16, int32->int64->int32 inside them);
 Reshape targets computed from ``Shape``; If conditions that are graph inputs,
 constants, or ``Shape``-derived (true at one size only).
@@ -76,6 +78,7 @@ OPS = (
     "batchnorm",
     "dup",
     "if",
+    "hardswish",
 )
 
 
@@ -928,6 +931,46 @@ class _Builder:
             z = self.node("Add", [v.name, b] if self.chance(0.7) else [b, v.name])[0]
             v = self.val(z, F32, broadcast(dims, tuple(sdim(s) for s in shape)), False, v.mag + 1, pool=False)
         self._post_linear(v, "matmul")
+        return True
+
+    def op_hardswish(self) -> bool:
+        """x * Clip(x + 3, 0, 6) / 6 as exporters write it (fuse-hardswish food)."""
+        x = self.pick()
+
+        def scalar(v: float) -> str:
+            arr = np.array([v] if x.rank >= 1 and self.chance(0.3) else v, np.float32)
+            # Mostly plain (initializer, Constant node): a folded expression needs
+            # fold-constants first, so the pass alone would refuse it.
+            return self.const(arr, depth=2 if self.chance(0.8) else 0)
+
+        def inter(name: str, mag: float) -> None:
+            # Sometimes pooled: a later op may read it, and the fusion must be refused.
+            self.val(name, F32, x.dims, x.exact, mag, pool=self.chance(0.15))
+
+        def scale(t: str) -> str:
+            if self.chance(0.5):
+                return self.node("Div", [t, scalar(6.0)])[0]
+            c = scalar(1.0 / 6.0)
+            return self.node("Mul", [t, c] if self.chance(0.5) else [c, t])[0]
+
+        def times_x(t: str) -> str:
+            return self.node("Mul", [x.name, t] if self.chance(0.5) else [t, x.name])[0]
+
+        c3 = scalar(3.0)
+        a = self.node("Add", [x.name, c3] if self.chance(0.7) else [c3, x.name])[0]
+        inter(a, x.mag + 3)
+        k = self.node("Clip", [a, scalar(0.0), scalar(6.0)])[0]
+        inter(k, 6.0)
+        if self.chance(0.7):
+            m = times_x(k)
+            inter(m, 6 * x.mag)
+            y = scale(m)
+        else:
+            s = scale(k)
+            inter(s, 1.0)
+            y = times_x(s)
+        # Not exact: the fused form rounds differently in the last bit.
+        self.val(y, F32, x.dims, False, x.mag)
         return True
 
     # ------------------------------------------------------------ structure
