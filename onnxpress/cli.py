@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-cosine", action="append", default=[], metavar="[OUTPUT=]VALUE", help="minimum cosine similarity")
     c.add_argument("--min-top1", action="append", default=[], metavar="[OUTPUT=]VALUE",
                    help="minimum top-1 agreement of classifier-like outputs")
+    c.add_argument("--min-agreement", action="append", default=[], metavar="[OUTPUT=]VALUE",
+                   help="minimum fraction of equal elements of integer outputs (labels, indices; "
+                   "fp16/int8 default 0.99)")
     c.add_argument("--recipe", help="take the tolerances from this recipe's [check] tables")
     c.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE")
     c.add_argument("--latency", action="store_true", help="also time both models (median, p90) and measure their size")
@@ -183,6 +186,7 @@ _TOLERANCE_FLAGS = (
     ("min_snr", "min_snr_db", "--min-snr"),
     ("min_cosine", "min_cosine", "--min-cosine"),
     ("min_top1", "min_top1", "--min-top1"),
+    ("min_agreement", "min_agreement", "--min-agreement"),
 )
 
 

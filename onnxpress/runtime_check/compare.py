@@ -35,6 +35,11 @@ depends on what the candidate is (:func:`model_kind`):
   steps everywhere), but SNR >= 20 dB and cosine >= 0.99; top-1 agreement is
   reported and judged only when ``min_top1`` is set.
 
+Integer and bool outputs (class labels, indices, token ids) of an ``fp16`` or
+``int8`` candidate are judged by agreement instead: the fraction of elements
+equal to the reference must be >= ``min_agreement`` (default 0.99); a label is
+right or wrong, its numeric distance means nothing. For ``fp32`` they must be equal.
+
 Any field can be overridden globally (``--atol/--rtol``, a recipe's ``[check]``
 table) or per output name (``--atol NAME=V``, a recipe's ``[check.outputs.NAME]``
 table); the overrides are laid over the default, field by field.
@@ -305,6 +310,11 @@ class Tolerance:
         min_snr_db: SNR of the whole output (dB) must be at least this.
         min_cosine: cosine similarity must be at least this.
         min_top1: top-1 agreement (classifier-like outputs) must be at least this.
+        min_agreement: for integer and bool outputs (class labels, indices, token
+            ids), the fraction of elements equal to the reference must be at least
+            this; it then replaces the elementwise, SNR and cosine bounds for those
+            outputs (a label is right or wrong: its numeric distance means nothing).
+            None: integer outputs are judged like float ones (fp32: exactly).
         source: where the criterion came from (``"default fp32"``, ``"recipe"``, ...).
     """
 
@@ -313,9 +323,10 @@ class Tolerance:
     min_snr_db: float | None = None
     min_cosine: float | None = None
     min_top1: float | None = None
+    min_agreement: float | None = None
     source: str = "default fp32"
 
-    KEYS = ("atol", "rtol", "min_snr_db", "min_cosine", "min_top1")
+    KEYS = ("atol", "rtol", "min_snr_db", "min_cosine", "min_top1", "min_agreement")
 
     @property
     def elementwise(self) -> bool:
@@ -324,8 +335,11 @@ class Tolerance:
     def bounds(self) -> tuple[float, float]:
         return (self.atol or 0.0, self.rtol or 0.0)
 
-    def describe(self) -> str:
-        """E.g. ``|a-b| <= 1e-05 + 0.0001*|a|`` or ``SNR >= 20 dB and cosine >= 0.99``."""
+    def describe(self, integer: bool = False) -> str:
+        """E.g. ``|a-b| <= 1e-05 + 0.0001*|a|`` or ``SNR >= 20 dB and cosine >= 0.99``;
+        for an ``integer`` output under ``min_agreement``, ``agreement >= 0.99``."""
+        if integer and self.min_agreement is not None:
+            return f"agreement >= {self.min_agreement:g}"
         parts = []
         if self.elementwise:
             atol, rtol = self.bounds()
@@ -351,8 +365,8 @@ class Tolerance:
 
 _DEFAULTS = {
     "fp32": Tolerance(1e-5, 1e-4, source="default fp32"),
-    "fp16": Tolerance(5e-2, 1e-2, min_cosine=0.999, source="default fp16"),
-    "int8": Tolerance(None, None, min_snr_db=20.0, min_cosine=0.99, source="default int8"),
+    "fp16": Tolerance(5e-2, 1e-2, min_cosine=0.999, min_agreement=0.99, source="default fp16"),
+    "int8": Tolerance(None, None, min_snr_db=20.0, min_cosine=0.99, min_agreement=0.99, source="default int8"),
 }
 
 
@@ -390,6 +404,7 @@ class OutputMetrics:
     target: str = "cpu"
     top1: float | None = None
     top5: float | None = None
+    agreement: float | None = None
     criterion: str = ""
 
     def __bool__(self) -> bool:
@@ -510,6 +525,8 @@ class _Accumulator:
         self.top1_hits = 0
         self.top5_hits = 0
         self.top5_rows = 0
+        self.equal = 0
+        self.integer = False
         self.shape_ref: list[int] = []
         self.shape_got: list[int] = []
         self.dtype_ref = ""
@@ -529,6 +546,9 @@ class _Accumulator:
             if not np.array_equal(ref, got):
                 self.violations += 1
             return
+        if ref.dtype.kind in "iub":
+            self.integer = True
+            self.equal += int(np.count_nonzero(ref == got))
         r = ref.astype(np.float64).ravel()
         g = got.astype(np.float64).ravel()
         self.nonfinite += int(np.count_nonzero(~np.isfinite(g) & np.isfinite(r)))
@@ -583,8 +603,12 @@ class _Accumulator:
         top5 = self.top5_hits / self.top5_rows if self.top5_rows else None
         tol = self.tol
         reasons = []
+        agreement = self.equal / self.count if self.integer and self.count else None
         if self.mismatch:
             reasons.append(f"{self.mismatch} mismatch")
+        elif self.integer and tol.min_agreement is not None:
+            if agreement is not None and agreement < tol.min_agreement:
+                reasons.append(f"agreement {agreement:.4f} < {tol.min_agreement:g}")
         else:
             if self.nonfinite:
                 reasons.append(f"{self.nonfinite} new NaN/Inf")
@@ -618,7 +642,8 @@ class _Accumulator:
             target=target,
             top1=top1,
             top5=top5,
-            criterion=tol.describe(),
+            agreement=agreement,
+            criterion=tol.describe(self.integer),
         )
 
 

@@ -79,6 +79,12 @@ def _criteria_lines(report: "CheckReport") -> list[str]:
 
 
 # ------------------------------------------------------------------ text
+def _top1(o: "OutputMetrics") -> float | None:
+    """The top-1 column: top-1 agreement of classifier scores, or for an integer
+    output (class labels) the fraction of elements equal to the reference."""
+    return o.top1 if o.top1 is not None else o.agreement
+
+
 def _metrics_rows(outputs: Sequence["OutputMetrics"], with_noise: bool = True, informational: bool = False) -> list[str]:
     tw = min(max([6] + [len(o.target) for o in outputs]), 32)
     head = (
@@ -89,7 +95,7 @@ def _metrics_rows(outputs: Sequence["OutputMetrics"], with_noise: bool = True, i
     for o in outputs:
         rows.append(
             f"{o.name[:24]:<24} {o.target[:tw]:<{tw}} {o.level:<8} {_shape(o)[:16]:<16} {o.max_abs:>10.3g} {o.mean_abs:>10.3g} "
-            f"{o.cosine:>10.6f} {_snr(o.snr_db):>8} {_opt(o.top1, '.3f'):>6}"
+            f"{o.cosine:>10.6f} {_snr(o.snr_db):>8} {_opt(_top1(o), '.3f'):>6}"
             + (f" {o.ort_noise:>10.3g}" if with_noise else "")
             + f"  {_verdict(o, informational)}"
         )
@@ -172,7 +178,7 @@ def _metric_cells(o: "OutputMetrics", markdown: bool = True, informational: bool
         verdict = f"**FAIL** ({o.reason})"
     return [
         o.name, o.target, o.level, _shape(o), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel:.3g}",
-        f"{o.cosine:.6f}", _snr(o.snr_db), _opt(o.top1), _opt(o.top5), verdict,
+        f"{o.cosine:.6f}", _snr(o.snr_db), _opt(_top1(o)), _opt(o.top5), verdict,
     ]
 
 

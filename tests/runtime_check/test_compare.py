@@ -267,3 +267,33 @@ def test_target_errors_are_input_errors():
         compare(a, a, feeds, targets=["bogus"])
     with pytest.raises(InputError, match="not available"):
         compare(a, a, feeds, targets=["ep:NoSuchExecutionProvider"])
+
+
+def _argmax_model(weight: np.ndarray) -> onnx.ModelProto:
+    """x [N, 8] -> labels = ArgMax(x @ W) [N] int64: a classifier's label output."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    y = helper.make_tensor_value_info("labels", TensorProto.INT64, ["N"])
+    w = onnx.numpy_helper.from_array(weight.astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["s"]),
+             helper.make_node("ArgMax", ["s"], ["labels"], axis=1, keepdims=0)]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_integer_outputs_of_lossy_candidates_are_judged_by_agreement():
+    """Labels: an int8/fp16 candidate passes when >= 99 % of them agree (default)
+    and fails below, whatever their numeric distance; fp32 candidates must be exact."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 10))
+    ref = _argmax_model(w)
+    feeds = [{"x": rng.standard_normal((400, 8)).astype(np.float32)}]
+    noise = np.random.default_rng(1).standard_normal(w.shape)
+    near = w + 0.005 * noise  # 2 of 400 labels flip
+    far = w + 0.5 * noise     # many flip
+    # The candidate is fp32 by kind, so give it the int8 default criterion explicitly.
+    int8 = {k: getattr(default_tolerance("int8"), k) for k in default_tolerance("int8").KEYS}
+    ok = compare(ref, _argmax_model(near), feeds, tolerance=int8).outputs[0]
+    assert ok.agreement is not None and 0.99 <= ok.agreement < 1.0 and ok.passed, ok
+    bad = compare(ref, _argmax_model(far), feeds, tolerance=int8).outputs[0]
+    assert bad.agreement < 0.99 and not bad.passed and "agreement" in bad.reason
+    exact = compare(ref, _argmax_model(near), feeds).outputs[0]  # fp32 default: labels must be equal
+    assert not exact.passed and exact.agreement == ok.agreement
