@@ -12,6 +12,8 @@ Never folded:
   variants, ``Bernoulli``, ``Multinomial``);
 - ``QuantizeLinear``/``DequantizeLinear``/``DynamicQuantizeLinear``: QDQ pairs are
   the quantization contract with the runtime;
+- ``Cast`` of a constant int8/uint8/int4/uint4 tensor to float: weight-only
+  quantized weights (folding would store them in float again);
 - nodes with subgraphs, nodes outside the default domain, sequence/optional ops;
 - a node whose output is a graph output (of any graph);
 - a node whose output is larger than ``max_output_bytes`` *and* larger than its
@@ -38,6 +40,8 @@ from ._rewrite import NON_DETERMINISTIC_OPS, ONNX_DOMAINS, all_graph_outputs, re
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["FoldConstants", "NEVER_FOLD"]
+
+_LOW_BIT_TYPES = frozenset({"int8", "uint8"})
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +147,18 @@ def _shape_value(node: gs.Node, shapes: dict[str, TensorType], model: Model) -> 
     return np.array(flat, dtype=np.int64).reshape(np.shape(sel))
 
 
+def _is_weight_decompression(node: gs.Node) -> bool:
+    """A ``Cast`` of a constant int8/uint8/int4/uint4 tensor to a float type: how
+    weight-only quantized weights are stored (quantize-int8's ``float_layer_weights``).
+    Folding it would write the fp32 weights back; onnxruntime folds it at load."""
+    if node.op != "Cast" or not node.inputs or not isinstance(node.inputs[0], gs.Constant):
+        return False
+    to = node.attrs.get("to")
+    src = str(node.inputs[0].dtype)
+    low_bit = src in _LOW_BIT_TYPES or "int4" in src
+    return low_bit and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
 @register
 @dataclass
 class FoldConstants(Pass):
@@ -197,6 +213,8 @@ class FoldConstants(Pass):
 
         for node in g.nodes:
             if node.domain not in ONNX_DOMAINS or node.op in NEVER_FOLD or _has_subgraph(node):
+                continue
+            if _is_weight_decompression(node):
                 continue
             if any(id(o) in graph_outputs for o in node.outputs):
                 continue

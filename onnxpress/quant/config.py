@@ -31,6 +31,24 @@ Activation dtype per target (see ``shared/ARM.md`` and ``shared/PEERS.md``):
   than fp32 on the conv nets (its QDQ convolutions are not fused to QLinearConv
   on x86 and run as DequantizeLinear -> float Conv -> QuantizeLinear).
 
+Ops kept float per target (``depthwise``, ``conv_transpose``; measured on the
+AVX2 machine without VNNI, onnxruntime 1.32 CPU EP, 1 thread):
+
+* depthwise ``Conv`` (``group > 1`` and one input channel per group, weight
+  ``[C*k, 1, kh, kw]``): float on x86. onnxruntime runs fp32 depthwise as an NCHWc
+  kernel, int8 depthwise 1.3-2.3x slower than that; keeping PP-OCRv4 rec's 14
+  depthwise convs float took edge-int8 from 1.05x to 0.91-0.93x of fp32 latency,
+  det from 0.94x to 0.92-0.93x (int8 depthwise are also noisy layers, so the
+  sensitivity budget kept costly pointwise convs float instead: 9 instead of 12 on
+  rec). int8 on arm64 (MLAS has NEON int8 depthwise kernels; speed not measured
+  there, emulation says nothing about it).
+* ``ConvTranspose``: float on every CPU target: the CPU EP has no int8
+  ConvTranspose kernel, a QDQ ConvTranspose runs float with its weight
+  dequantized on every run.
+
+Such nodes keep fp32 weights (no weight-only int8: a DequantizeLinear before the
+weight would also stop onnxruntime's NCHWc layout for the depthwise conv).
+
 A model quantized for one target runs on every target (QDQ is portable); only
 speed, and on non-VNNI x86 the saturation risk, change.
 """
@@ -48,6 +66,10 @@ __all__ = [
     "QuantConfig",
     "ACTIVATION_DTYPES",
     "RANGE_METHODS",
+    "TARGET_RULES",
+    "DEPTHWISE_FLOAT",
+    "CONV_TRANSPOSE_FLOAT",
+    "is_depthwise",
     "DEFAULT_OP_TYPES",
     "COMPUTE_OPS",
     "PASS_THROUGH_OPS",
@@ -62,6 +84,12 @@ logger = logging.getLogger(__name__)
 
 ACTIVATION_DTYPES = ("uint8", "int8", "int16")
 RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
+#: Values of the per-target op rules ``depthwise`` and ``conv_transpose`` (``"auto"``
+#: is resolved by :meth:`QuantConfig.for_target`).
+TARGET_RULES = ("auto", "int8", "float")
+#: Why a node was kept float by a target rule (the quantizer's report and stats).
+DEPTHWISE_FLOAT = "depthwise Conv kept float (depthwise=float; int8 depthwise is slower than fp32 on x86)"
+CONV_TRANSPOSE_FLOAT = "ConvTranspose kept float (conv_transpose=float; no int8 ConvTranspose kernel in the CPU EP)"
 
 #: Ops with weights whose int8 kernels are the point of quantizing.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -100,6 +128,12 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+def is_depthwise(group: int, weight_shape) -> bool:
+    """A depthwise Conv: ``group > 1`` and one input channel per group (the weight
+    ``[M, C/group, k...]`` has ``shape[1] == 1``, so ``group`` equals the input channels)."""
+    return int(group) > 1 and weight_shape is not None and len(weight_shape) > 1 and weight_shape[1] == 1
+
+
 def has_vnni(flags: set[str] | None = None) -> bool:
     """True when the x86 CPU has AVX-512 VNNI or AVX-VNNI (non-saturating u8*s8 dot products)."""
     flags = cpu_flags() if flags is None else flags
@@ -132,6 +166,10 @@ class QuantConfig:
             tensor int16 (uint16 when asymmetric), ``symmetric`` forces zero point 0.
         quantize_lstm: replace LSTM with com.microsoft ``DynamicQuantizeLSTM``
             (int8 per-channel weights, activations quantized on the fly).
+        depthwise: ``"int8"`` or ``"float"``: depthwise Convs (see the module
+            docstring); :meth:`for_target` chooses float on x86, int8 on arm64.
+        conv_transpose: ``"int8"`` or ``"float"``: ConvTranspose nodes;
+            :meth:`for_target` chooses float (no int8 kernel in the CPU EP).
     """
 
     activation_dtype: str = "uint8"
@@ -145,6 +183,8 @@ class QuantConfig:
     exclude_op_types: tuple[str, ...] = ()
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     quantize_lstm: bool = True
+    depthwise: str = "int8"
+    conv_transpose: str = "int8"
 
     def __post_init__(self) -> None:
         self.op_types = tuple(self.op_types)
@@ -162,6 +202,9 @@ class QuantConfig:
             raise InputError(f"percentile {self.percentile} must lie in (50, 100]")
         if self.weight_bits not in (7, 8):
             raise InputError(f"weight_bits {self.weight_bits} must be 7 or 8")
+        for opt in ("depthwise", "conv_transpose"):
+            if getattr(self, opt) not in ("int8", "float"):
+                raise InputError(f"{opt} {getattr(self, opt)!r}; valid: auto (per target), int8, float")
         for name, o in self.overrides.items():
             bad = set(o) - {"bits", "symmetric", "min", "max"}
             if bad:
@@ -179,6 +222,15 @@ class QuantConfig:
             return False
         return op_type in self.op_types and op_type not in self.exclude_op_types
 
+    def target_float_reason(self, op_type: str, group: int = 1, weight_shape=None) -> str | None:
+        """Why a node of ``op_type`` (``group``, weight shape) stays float by the
+        per-target rules ``depthwise``/``conv_transpose``, or None."""
+        if op_type == "Conv" and self.depthwise == "float" and is_depthwise(group, weight_shape):
+            return DEPTHWISE_FLOAT
+        if op_type == "ConvTranspose" and self.conv_transpose == "float":
+            return CONV_TRANSPOSE_FLOAT
+        return None
+
     def replace(self, **changes: Any) -> "QuantConfig":
         return dataclasses.replace(self, **changes)
 
@@ -190,20 +242,23 @@ class QuantConfig:
             target: ``arm64``/``aarch64``/``arm`` -> S8S8; ``x86``/``x86_64``/``amd64``
                 -> U8S8 (7-bit weights without VNNI); ``cpu`` means this machine.
             flags: CPU flags to decide VNNI (default: this machine's).
-            **kwargs: other :class:`QuantConfig` fields.
+            **kwargs: other :class:`QuantConfig` fields (``depthwise``/``conv_transpose``
+                ``"auto"`` keeps the target's choice: depthwise float on x86, int8
+                on arm64; ConvTranspose float on both, the CPU EP has no int8 kernel).
         """
         t = target.lower()
         if t == "cpu":
             machine = platform.machine().lower()
             t = "arm64" if machine in ("aarch64", "arm64") or machine.startswith("arm") else "x86"
         if t in ("arm64", "aarch64", "arm"):
-            settings: dict[str, Any] = {"activation_dtype": "int8", "weight_bits": 8}
+            settings: dict[str, Any] = {"activation_dtype": "int8", "weight_bits": 8, "depthwise": "int8"}
         elif t in ("x86", "x86_64", "amd64", "x64"):
             vnni = has_vnni(flags)
-            settings = {"activation_dtype": "uint8", "weight_bits": 8 if vnni else 7}
+            settings = {"activation_dtype": "uint8", "weight_bits": 8 if vnni else 7, "depthwise": "float"}
             if not vnni:
                 logger.info("x86 CPU without VNNI: U8S8 with 7-bit weights (avoids vpmaddubsw saturation)")
         else:
             raise InputError(f"unknown quantization target {target!r}; valid: cpu, x86, arm64")
-        settings.update(kwargs)
+        settings["conv_transpose"] = "float"
+        settings.update({k: v for k, v in kwargs.items() if not (k in ("depthwise", "conv_transpose") and v == "auto")})
         return cls(**settings)

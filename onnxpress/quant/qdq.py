@@ -48,6 +48,22 @@ through a DequantizeLinear and, unless said otherwise, its output goes through
 * A weight read by several QNodes is quantized once per (axis, scales) and read
   through one DequantizeLinear (onnxruntime duplicates shared DQs for fusion).
   A weight also read by a float node keeps its fp32 copy for that reader only.
+* ``float_layer_weights="int8"``: a compute layer left float (kept by the
+  sensitivity budget, or not reached by the calibration data) still stores its
+  weight as int8: symmetric ``[-127, 127]``, per output channel (Conv axis 0,
+  ConvTranspose 1, Gemm 0/1 by ``transB``, MatMul the last axis of a constant B
+  or the second to last of a constant A), read through a ``DequantizeLinear``
+  feeding the *float* op; its activations get no Q/DQ. onnxruntime keeps that
+  DequantizeLinear in its optimized graph (its constant folding skips DQ), so the
+  weight is dequantized on every run. Layers the user excluded (``exclude_nodes``,
+  ``exclude_op_types``, not in ``op_types``) and those the target rules keep
+  float for speed (``depthwise``, ``conv_transpose``) keep fp32 weights.
+* ``embedding_tables="int8"``: a float initializer of at least
+  ``embedding_min_elements`` elements read only as the data of ``Gather`` nodes
+  (a word-embedding table) becomes int8, and only the gathered rows are
+  dequantized, with one scale per row (``embedding_scale="per-row"``:
+  ``Gather -> Cast -> Mul(Gather(scales))``) or one per table (``"per-tensor"``:
+  ``Gather -> DequantizeLinear``).
 
 Opset: per-channel QDQ (``axis``) needs opset >= 13; an older model is converted
 with ``onnx.version_converter`` first (and checked). int16 activations use the
@@ -91,7 +107,7 @@ from .ranges import (
     weight_scales,
 )
 
-__all__ = ["QuantizeInt8", "QUANTIZED_OPS", "is_quantized", "weight_axis"]
+__all__ = ["QuantizeInt8", "QUANTIZED_OPS", "is_quantized", "weight_axis", "weight_only_axis"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +130,9 @@ _DEFAULT_DOMAINS = (None, "", "ai.onnx")
 _FLOAT = (np.dtype(np.float32),)
 _BIAS_LIMIT = float(1 << 30)  # |int32 bias| cap, with headroom for the accumulation
 _MS = "com.microsoft"
+#: A layer kept float by the budget keeps fp32 weights when they have at most this
+#: many elements (int8 would save nothing worth a DequantizeLinear).
+_SMALL_WEIGHT = 4096
 
 
 def is_quantized(model: Model) -> bool:
@@ -136,6 +155,31 @@ def weight_axis(node: gs.Node, w: np.ndarray) -> int | None:
         return 0 if int(node.attrs.get("transB", 0)) else 1
     if node.op == "MatMul":
         return 1 if w.ndim == 2 else None
+    return None
+
+
+def weight_only_axis(node: gs.Node, index: int, w: np.ndarray) -> int | None:
+    """The per-channel axis of the weight-only int8 weight ``w`` read as input
+    ``index`` of the float compute ``node`` (None: per tensor).
+
+    The output channels: ``Conv`` axis 0 (``W`` is ``[M, C/group, k...]``),
+    ``ConvTranspose`` axis 1 (``[C, M/group, k...]``), ``Gemm`` axis 0 with
+    ``transB=1`` (``B`` is ``[N, K]``) else 1 (``[K, N]``), ``MatMul``: the last
+    axis of a constant ``B`` (``[..., K, N]``), the second to last of a constant
+    ``A`` (``[..., M, K]``); a 1-D MatMul operand is per tensor.
+    """
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        if index != 1:
+            return None
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    if node.op == "MatMul":
+        if w.ndim < 2:
+            return None
+        return w.ndim - 1 if index == 1 else w.ndim - 2
     return None
 
 
@@ -180,6 +224,13 @@ class QuantizeInt8(Pass):
     (:meth:`QuantConfig.for_target`). ``calibration_limit`` caps the calibration
     samples read.
 
+    Target rules (``"auto"``, the default, per ``ctx.target``; ``"int8"``; ``"float"``):
+    ``depthwise`` (depthwise Convs: auto is float on x86, where int8 depthwise is
+    slower than onnxruntime's fp32 NCHWc kernel, int8 on arm64) and
+    ``conv_transpose`` (auto is float: the CPU EP has no int8 ConvTranspose
+    kernel). Those nodes keep fp32 weights; the report and the ``float_*`` stats
+    give the reason.
+
     Sensitivity (:mod:`onnxpress.quant.sensitivity`), on the first
     ``sensitivity_samples`` calibration samples:
 
@@ -196,7 +247,30 @@ class QuantizeInt8(Pass):
       ``sensitivity_max_mb`` MB of weights it is skipped with a WARNING (stat
       ``sensitivity_skipped``) and every layer is quantized.
 
-    Stats: ``sensitivity_layers`` (ranked), ``sensitivity_kept_float``,
+    Weight-only int8 and tables (see the module docstring):
+
+    * ``float_layer_weights``: ``"int8"`` or ``"fp32"`` (default), the weights of
+      the compute layers left float. With ``"int8"`` the budget is judged with
+      them: the kept layers keep int8 weights in the simulation and in the
+      written model (those with at most 4096 weights keep fp32 ones), and if
+      the written model misses the budget at ``max_float_fraction``, the fewest
+      kept layers go back to fp32 weights (largest weight-only error per weight
+      first, bisected on the written model) so that it meets it, when fp32
+      weights can (stat ``sensitivity_fp32_weights``: kept layers with fp32
+      weights).
+    * ``embedding_tables``: ``"int8"`` or ``"fp32"`` (default);
+      ``embedding_min_elements`` (default 65536) is the smallest table made int8;
+      ``embedding_scale``: ``"per-tensor"`` (default) or ``"per-row"`` (a table
+      with outlier rows; on MiniLM per-row gave embedding cosine 0.9914 vs 0.9906
+      per tensor, for 0.12 MB more).
+      ``sensitivity_max_mb`` is judged on the weights before the tables shrink.
+
+    Raises:
+        InputError: no calibration data, or an invalid option value.
+
+    Stats: ``weight_only_int8`` (float layers given int8 weights, and per op
+    type), ``embedding_tables_int8``, ``embedding_bytes_saved``;
+    ``sensitivity_layers`` (ranked), ``sensitivity_kept_float``,
     ``sensitivity_snr_db``/``sensitivity_cosine`` (and ``sensitivity_metric``) of
     the written model on those samples, ``sensitivity_budget_met``. The ranking is
     kept in :attr:`sensitivity_table` and the kept layers in :attr:`report`.
@@ -228,6 +302,12 @@ class QuantizeInt8(Pass):
     sensitivity_samples: int = 8
     max_float_fraction: float = 0.25
     sensitivity_max_mb: float = 64.0
+    float_layer_weights: str = "fp32"
+    embedding_tables: str = "fp32"
+    embedding_min_elements: int = 65536
+    embedding_scale: str = "per-tensor"
+    depthwise: str = "auto"
+    conv_transpose: str = "auto"
 
     # ------------------------------------------------------------ config
     def config(self, target: str = "cpu") -> QuantConfig:
@@ -245,6 +325,8 @@ class QuantizeInt8(Pass):
             exclude_op_types=tuple(self.exclude_op_types),
             overrides=dict(self.overrides),
             quantize_lstm=self.quantize_lstm,
+            depthwise=base.depthwise if self.depthwise == "auto" else self.depthwise,
+            conv_transpose=base.conv_transpose if self.conv_transpose == "auto" else self.conv_transpose,
         )
 
     # --------------------------------------------------------------- run
@@ -257,6 +339,7 @@ class QuantizeInt8(Pass):
             return PassResult(False, {"already_quantized": 1})
         if ctx.calibration is None:
             raise InputError("quantize-int8 needs calibration data (--calib)")
+        self._validate_options()
         cfg = self.config(ctx.target or "cpu")
         self._cfg = cfg
         self.report: list[tuple[str, str, str]] = []  # (node, op, why kept float)
@@ -303,16 +386,20 @@ class QuantizeInt8(Pass):
         self._graph_outputs = {id(t) for g in graphs for t in g.outputs}
         fused = self._matmul_add_to_gemm(graphs)
         equalized = self._equalize(graphs) if self.equalize else 0
-        if fused:
+        # The analysis' size limit is judged on the float weights as they entered the pass.
+        float_bytes = _weight_bytes(model)
+        embeddings = self._quantize_embeddings(graphs) if self.embedding_tables == "int8" else {}
+        if fused or embeddings:
             self._types = infer_shapes(model)
+        self._fp32_layers: set[str] = set()
         budget = parse_budget(self.max_error, self.metric or None, self.min_metric)
         analyse = bool(self.sensitivity or budget.active)
         skipped = 0
-        if analyse and self.sensitivity_max_mb and _weight_bytes(model) > self.sensitivity_max_mb * 1e6:
+        if analyse and self.sensitivity_max_mb and float_bytes > self.sensitivity_max_mb * 1e6:
             logger.warning(
                 "quantize-int8: sensitivity analysis skipped: %.0f MB of weights > sensitivity_max_mb=%g "
                 "(it holds about four copies); every layer is quantized",
-                _weight_bytes(model) / 1e6, self.sensitivity_max_mb,
+                float_bytes / 1e6, self.sensitivity_max_mb,
             )
             analyse, skipped = False, 1
         # The float weights are kept for the gated sensitivity model only.
@@ -343,8 +430,17 @@ class QuantizeInt8(Pass):
         plan = self._drop_unreached(graphs, plan, excluded, empty)
 
         sens_stats: dict[str, int | float] = {"sensitivity_skipped": 1} if skipped else {}
+        # Layers the target rules keep float (depthwise, ConvTranspose) store int8
+        # weights too, unless that costs the budget more fp32 weights elsewhere.
+        self._target_int8_weights = self.float_layer_weights == "int8"
         if analyse and plan.qnodes:
             kept, sens_stats = self._sensitivity(proto, stats_by_name, empty, ctx, budget)
+            target_nodes = [n for g in graphs for n in g.nodes if self._target_reason(n)]
+            if self._target_int8_weights and self._sens_fp32_layers and target_nodes:
+                kept, sens_stats = self._choose_target_weights(
+                    proto, stats_by_name, empty, ctx, budget, graphs, target_nodes, kept, sens_stats
+                )
+            self._fp32_layers = set(self._sens_fp32_layers)
             if kept:
                 self._cfg = cfg = cfg.replace(exclude_nodes=tuple(cfg.exclude_nodes) + tuple(kept))
                 plan = self._drop_unreached(graphs, self._classify(graphs, excluded), excluded, empty)
@@ -358,6 +454,8 @@ class QuantizeInt8(Pass):
         stats.update(sens_stats)
         stats["matmul_add_to_gemm"] = fused
         stats["equalized_pairs"] = equalized
+        stats["embedding_tables_int8"] = len(embeddings)
+        stats["embedding_bytes_saved"] = sum(embeddings.values())
         return stats
 
     def _drop_unreached(self, graphs, plan: _Plan, excluded: dict[int, str], empty: set[str]) -> _Plan:
@@ -369,9 +467,11 @@ class QuantizeInt8(Pass):
         return plan
 
     # -------------------------------------------------------- sensitivity
-    def _trial(self, base: onnx.ModelProto, stats_by_name, empty: set[str], exclude: Iterable[str]):
+    def _trial(self, base: onnx.ModelProto, stats_by_name, empty: set[str], exclude: Iterable[str], fp32_layers: Iterable[str] = ()):
         """Quantize a copy of ``base`` (the float model after the pre-quantization
-        rewrites) with ``exclude`` kept float, from the captured statistics.
+        rewrites) with ``exclude`` kept float, from the captured statistics; with
+        ``float_layer_weights="int8"`` those layers get weight-only int8 weights,
+        except ``fp32_layers``.
 
         Returns:
             ``(qdq proto, GateSpec)``.
@@ -379,7 +479,9 @@ class QuantizeInt8(Pass):
         from .sensitivity import GateSpec
 
         saved = (self._cfg, self._model, self._graph_of, self._graph_outputs, self.report, self._act_dq, self._weight_dq, getattr(self, "_excluded_final", None))
+        saved_fp32 = getattr(self, "_fp32_layers", set())
         try:
+            self._fp32_layers = set(fp32_layers)
             m = Model.from_proto(base)
             self._cfg = self._cfg.replace(exclude_nodes=tuple(self._cfg.exclude_nodes) + tuple(exclude))
             self._model, self.report, self._act_dq, self._weight_dq = m, [], {}, {}
@@ -409,6 +511,7 @@ class QuantizeInt8(Pass):
             return m.to_proto(external=True), spec
         finally:
             (self._cfg, self._model, self._graph_of, self._graph_outputs, self.report, self._act_dq, self._weight_dq, ef) = saved
+            self._fp32_layers = saved_fp32
             if ef is not None:
                 self._excluded_final = ef
 
@@ -421,6 +524,7 @@ class QuantizeInt8(Pass):
         from .sensitivity import format_table, gated_model, noise_ratio, output_error
 
         start = time.perf_counter()
+        self._sens_fp32_layers: list[str] = []
         feeds = [dict(f) for f in itertools.islice(iter(ctx.calibration), max(1, int(self.sensitivity_samples)))]
         outputs = [o.name for o in base.graph.output]
         points = _measure_points(base)
@@ -437,6 +541,7 @@ class QuantizeInt8(Pass):
         del run_ref
         q_full, spec = self._trial(base, stats_by_name, empty, ())
         units = spec.units
+        wo = self.float_layer_weights == "int8"
         gm, gate_names = gated_model(q_full, spec)
         sess = session(gm, "enabled")  # no fusion crosses a gate; enabled is 2-3x faster
         del gm
@@ -482,6 +587,31 @@ class QuantizeInt8(Pass):
                     mv = float(budget.metric(ref_out, model_outs))
                 return budget.met(snr, cos, mv), snr, cos, mv
 
+            # A kept layer is float with weight-only int8 weights ("W") unless
+            # float_layer_weights="fp32" or its weights are small (fp32 costs nothing
+            # there): fp32 weights ("F").
+            w_size: collections.Counter[str] = collections.Counter()
+            for owner, w in spec.weight_dq.values():
+                w_size[owner] += int(np.size(w))
+            w_noise: dict[str, float] = {}
+
+            def weight_noise(u: str) -> float:
+                if u not in w_noise:
+                    snr_w = output_error(ref, run_gated(sess, feeds, gate_names, spec.gates((), [u])))[0]
+                    w_noise[u] = max(noise_ratio(snr_w) - base_noise, 0.0)
+                return w_noise[u]
+
+            fp32_w: list[str] = []  # kept units with fp32 weights
+
+            def state(u: str) -> str:
+                return "F" if (not wo or w_size[u] <= _SMALL_WEIGHT or u in fp32_w) else "W"
+
+            def weights_on(kept: list[str]) -> list[str]:
+                return [u for u in kept if state(u) == "W"]
+
+            def fp32_of(kept: list[str]) -> list[str]:
+                return [u for u in kept if state(u) == "F"] if wo else []
+
             # Greedy on the simulated (gated) model: cheap, one run per sample and step
             # (the user metric, which needs the model's outputs, is judged on the written model).
             # When even the additive prediction misses the budget at the cap, go straight there.
@@ -489,7 +619,7 @@ class QuantizeInt8(Pass):
             if budget.snr_db is not None and predicted > noise_ratio(budget.snr_db):
                 kept = order[:cap]
             while len(kept) < cap:
-                ok_sim, snr_sim, _, _ = judge(run_gated(sess, feeds, gate_names, spec.gates(all_units - set(kept))))
+                ok_sim, snr_sim, _, _ = judge(run_gated(sess, feeds, gate_names, spec.gates(all_units - set(kept), weights_on(kept))))
                 if ok_sim and (budget.snr_db is not None or budget.cosine is not None):
                     break
                 if budget.snr_db is None and budget.cosine is None:
@@ -497,13 +627,55 @@ class QuantizeInt8(Pass):
                 kept.append(order[len(kept)])
             # Then the written model, in onnxruntime with its int8 kernels.
             while True:
-                q, _ = self._trial(base, stats_by_name, empty, kept) if kept else (q_full, spec)
+                q, _ = self._trial(base, stats_by_name, empty, kept, fp32_of(kept)) if kept else (q_full, spec)
                 run_q = session(q, "enabled")
                 got = [run_q(f) for f in feeds]
                 ok, snr, cos, mv = judge([g[n_out:] for g in got], [g[:n_out] for g in got])
                 if ok or len(kept) >= cap:
                     break
                 kept.append(order[len(kept)])
+            if not ok and wo and weights_on(kept):
+                # Still missed at the cap: the kept layers' int8 weights cost too much.
+                # If fp32 weights for all of them meet the budget (the written model),
+                # revert the fewest, the largest weight-only error per weight first
+                # (what fp32 buys per byte; a bisection on the written model);
+                # otherwise they keep int8 weights.
+                w_order = sorted(weights_on(kept), key=lambda u: -weight_noise(u) / max(w_size[u], 1))
+                missed = (ok, snr, cos, mv)
+                tried: dict[int, tuple] = {0: missed}
+
+                def written(n: int) -> tuple:
+                    if n not in tried:
+                        del fp32_w[:]
+                        fp32_w.extend(w_order[:n])
+                        q, _ = self._trial(base, stats_by_name, empty, kept, fp32_of(kept))
+                        run_q = session(q, "enabled")
+                        got = [run_q(f) for f in feeds]
+                        tried[n] = judge([g[n_out:] for g in got], [g[:n_out] for g in got])
+                    return tried[n]
+
+                if written(len(w_order))[0]:
+                    lo, hi = 0, len(w_order)
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if written(mid)[0]:
+                            hi = mid
+                        else:
+                            lo = mid + 1
+                    ok, snr, cos, mv = written(hi)
+                    del fp32_w[:]
+                    fp32_w.extend(w_order[:hi])
+                else:
+                    logger.info("quantize-int8: fp32 weights for the kept layers would not meet the budget either; they keep int8 weights")
+                    del fp32_w[:]
+                    ok, snr, cos, mv = missed
+            fp32_w = fp32_of(kept)
+            if wo:
+                logger.info(
+                    "quantize-int8: kept layers with int8 weights: %s; with fp32 weights: %s",
+                    weights_on(kept), fp32_w,
+                )
+            self._sens_fp32_layers = fp32_w
             if not ok:
                 logger.warning(
                     "quantize-int8: the budget (%s) is not met with %d of %d layers kept float "
@@ -517,6 +689,7 @@ class QuantizeInt8(Pass):
             )
             stats.update(
                 sensitivity_kept_float=len(kept),
+                sensitivity_fp32_weights=len(fp32_w),
                 sensitivity_snr_db=float(min(snr, 999.0)),
                 sensitivity_cosine=float(cos),
                 sensitivity_budget_met=int(ok),
@@ -525,6 +698,47 @@ class QuantizeInt8(Pass):
                 stats["sensitivity_metric"] = mv
         stats["sensitivity_seconds"] = time.perf_counter() - start
         return kept, stats
+
+    def _choose_target_weights(self, proto, stats_by_name, empty, ctx, budget, graphs, target_nodes, kept, sens_stats):
+        """The budget was met (or tried) with int8 weights for the target-rule layers
+        but had to give other kept layers fp32 weights: try again with fp32 weights
+        for the target-rule layers, and keep whichever meets the budget with fewer
+        fp32 weight elements (int8 weights first on a tie)."""
+        by_name = {n.name: n for g in graphs for n in g.nodes}
+
+        def fp32_elements(fp32_layers, target_fp32: bool) -> int:
+            nodes = [by_name[u] for u in fp32_layers if u in by_name] + (target_nodes if target_fp32 else [])
+            return sum(self._weight_elements(n) for n in nodes)
+
+        first = (kept, sens_stats, list(self._sens_fp32_layers), getattr(self, "sensitivity_table", None))
+        self._target_int8_weights = False
+        kept2, stats2 = self._sensitivity(proto, stats_by_name, empty, ctx, budget)
+        second = (kept2, stats2, list(self._sens_fp32_layers), getattr(self, "sensitivity_table", None))
+        met1, met2 = sens_stats.get("sensitivity_budget_met", 0), stats2.get("sensitivity_budget_met", 0)
+        cost1, cost2 = fp32_elements(first[2], False), fp32_elements(second[2], True)
+        use_second = (met2 and not met1) or (met2 == met1 and cost2 < cost1)
+        logger.info(
+            "quantize-int8: depthwise/ConvTranspose layers with int8 weights: budget %s, %d fp32 weight elements; "
+            "with fp32 weights: budget %s, %d; using %s",
+            "met" if met1 else "missed", cost1, "met" if met2 else "missed", cost2,
+            "fp32 weights" if use_second else "int8 weights",
+        )
+        chosen = second if use_second else first
+        self._target_int8_weights = not use_second
+        self._sens_fp32_layers, self.sensitivity_table = chosen[2], chosen[3]
+        stats = dict(chosen[1])
+        stats["sensitivity_seconds"] = sens_stats.get("sensitivity_seconds", 0) + stats2.get("sensitivity_seconds", 0)
+        stats["sensitivity_target_fp32_weights"] = len(target_nodes) if use_second else 0
+        return chosen[0], stats
+
+    def _weight_elements(self, node: gs.Node) -> int:
+        """Number of constant float weight elements a compute node reads."""
+        idx = (0, 1) if node.op == "MatMul" else (1,)
+        return sum(
+            int(np.prod(node.inputs[i].shape))
+            for i in idx
+            if len(node.inputs) > i and self._is_weight(node.inputs[i]) and node.inputs[i].shape
+        )
 
     def _matmul_add_to_gemm(self, graphs: list[gs.Graph]) -> int:
         """``MatMul(x [M, K], W [K, N])`` + ``Add(bias [N] or [1, N])`` -> ``Gemm``.
@@ -700,6 +914,10 @@ class QuantizeInt8(Pass):
                         continue
                     if not node.outputs or not cfg.quantizes(node.op, node.name):
                         continue
+                    why = self._target_reason(node)
+                    if why:  # depthwise / ConvTranspose rules of the target
+                        excluded_local[id(node)] = why
+                        continue
                     kind = self._kind(node, avail)
                     if kind is None:
                         continue
@@ -859,6 +1077,7 @@ class QuantizeInt8(Pass):
         model = self._model
         names = self.names(model)
         counts: collections.Counter[str] = collections.Counter()
+        counts_wo: collections.Counter[str] = collections.Counter()
         kept: collections.Counter[str] = collections.Counter()
         wqmin, wqmax = qrange("int8", True, cfg.weight_bits)
         qp_consts: dict[tuple[str, ...], tuple[gs.Constant, gs.Constant]] = {}
@@ -922,6 +1141,10 @@ class QuantizeInt8(Pass):
                         why = why or (
                             "excluded" if not cfg.quantizes(node.op, node.name) else "input is not a calibrated float activation or weight"
                         )
+                        if node.op in COMPUTE_OPS and self._weight_only_applies(node):
+                            if self._weight_only(node, names, head, weight_cache):
+                                counts_wo[node.op] += 1
+                                why = f"{why}; int8 weights"
                         kept[why] += 1
                         self.report.append((node.name, node.op, why))
                         logger.debug("quantize-int8: %s (%s) kept float: %s", node.name, node.op, why)
@@ -955,6 +1178,8 @@ class QuantizeInt8(Pass):
         stats: dict[str, int | float] = {"quantized": sum(counts.values()), "kept_float": sum(kept.values())}
         stats.update({f"quantized_{k}": v for k, v in sorted(counts.items())})
         stats.update({f"float_{_slug(k)}": v for k, v in sorted(kept.items())})
+        stats["weight_only_int8"] = sum(counts_wo.values())
+        stats.update({f"weight_only_int8_{k}": v for k, v in sorted(counts_wo.items())})
         return stats
 
     def _quantize_weights(self, node, x_scale, names, head, cache, wqmin, wqmax) -> None:
@@ -1025,7 +1250,7 @@ class QuantizeInt8(Pass):
             )
             node.inputs[2] = out
 
-    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax, owner: str = "") -> gs.Variable:
+    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax, owner: str = "", gated: bool = True) -> gs.Variable:
         if scale is None:
             scale = weight_scales(w, axis, wqmax)
         key = (id(w_t), axis, np.asarray(scale).tobytes(), id(head))
@@ -1039,10 +1264,204 @@ class QuantizeInt8(Pass):
         attrs = {"axis": int(axis)} if axis is not None else {}
         dq = gs.Node("DequantizeLinear", names.new(f"{w_t.name}_DequantizeLinear"), attrs=attrs, inputs=[q_t, s_t, z_t], outputs=[out])
         head.append(dq)
-        if getattr(self, "_keep_float_weights", True):
+        if gated and getattr(self, "_keep_float_weights", True):
             self._weight_dq[dq.name] = (owner, w)
         cache[key] = out
         return out
+
+    # ------------------------------------------------- weight-only, tables
+    def _validate_options(self) -> None:
+        """Raise :class:`InputError` on an invalid weight-only or embedding option."""
+        if self.float_layer_weights not in ("int8", "fp32"):
+            raise InputError(f"float_layer_weights {self.float_layer_weights!r}; valid: int8, fp32")
+        if self.embedding_tables not in ("int8", "fp32"):
+            raise InputError(f"embedding_tables {self.embedding_tables!r}; valid: int8, fp32")
+        if self.embedding_scale not in ("per-row", "per-tensor"):
+            raise InputError(f"embedding_scale {self.embedding_scale!r}; valid: per-row, per-tensor")
+        if int(self.embedding_min_elements) < 1:
+            raise InputError(f"embedding_min_elements {self.embedding_min_elements} must be >= 1")
+
+    def _weight_only_applies(self, node: gs.Node) -> bool:
+        """Whether the float compute ``node`` gets weight-only int8 weights: the
+        option is on, the user did not exclude the node (``exclude_nodes``,
+        ``exclude_op_types``, ``op_types``), and the sensitivity budget did not
+        revert it to fp32 weights. Layers the target rules keep float for speed
+        (``depthwise``, ``conv_transpose``) get them too (the Cast/Mul form is
+        folded when onnxruntime loads the model, so their fast float kernels
+        stay), unless their int8 weights would make the sensitivity budget give
+        more weight elements fp32 elsewhere (:meth:`_choose_target_weights`)."""
+        if self.float_layer_weights != "int8":
+            return False
+        if node.name in self.exclude_nodes or node.op in self.exclude_op_types or node.op not in self.op_types:
+            return False
+        if self._target_reason(node) and not getattr(self, "_target_int8_weights", True):
+            return False
+        return node.name not in getattr(self, "_fp32_layers", ())
+
+    def _target_reason(self, node: gs.Node) -> str | None:
+        """Why ``node`` stays float by the target rules ``depthwise``/``conv_transpose``
+        (:meth:`QuantConfig.target_float_reason`), or None."""
+        if node.op not in ("Conv", "ConvTranspose") or node.domain not in _DEFAULT_DOMAINS or len(node.inputs) < 2:
+            return None
+        return self._cfg.target_float_reason(node.op, int(node.attrs.get("group", 1)), node.inputs[1].shape)
+
+    def _weight_only(self, node: gs.Node, names, head: list[gs.Node], cache) -> bool:
+        """Weight-only int8 for a compute node that stays float.
+
+        Each constant float weight input ``W`` (float32, any rank) becomes a
+        symmetric int8 initializer ``Q`` of the same shape (range ``[-127, 127]``:
+        no integer kernel reads it, so the 7-bit restriction against
+        ``vpmaddubsw`` saturation does not apply) with float32 scales ``S`` per
+        output channel (:func:`weight_only_axis`; per tensor without
+        ``per_channel``), stored with that axis kept and the others 1, and the
+        float node reads ``Mul(Cast(Q, to=FLOAT), S)``, which equals
+        ``DequantizeLinear(Q, S, 0)`` along the axis (ONNX DequantizeLinear-13:
+        ``y = (x - zero_point) * scale``) bit for bit. Activations get no
+        QuantizeLinear/DequantizeLinear and the bias stays float.
+
+        Why Cast and Mul rather than DequantizeLinear: onnxruntime folds an
+        all-constant Cast/Mul at session creation, so the float node sees a
+        constant fp32 weight again and keeps its fast kernels (NCHWc Conv with
+        fused activation, prepacked GEMM) at no per-run cost, whereas it never
+        folds DequantizeLinear in a QDQ model (the weight would be dequantized on
+        every run, and a Conv reading it loses NCHWc: PP-OCRv4 rec/det 7-18 %
+        slower). The file keeps the int8 weights; ``fold-constants`` does not fold
+        such a Cast (:data:`onnxpress.passes.fold_constants.NEVER_FOLD` rules).
+
+        Returns:
+            True when a weight was replaced.
+        """
+        replaced = False
+        if node.op == "MatMul":
+            idx = [i for i in (0, 1) if len(node.inputs) > i]
+        elif node.op in ("Conv", "ConvTranspose", "Gemm"):
+            idx = [1] if len(node.inputs) > 1 else []
+        else:
+            return False
+        for i in idx:
+            w_t = node.inputs[i]
+            if not self._is_weight(w_t) or not w_t.shape or int(np.prod(w_t.shape)) < 2:
+                continue
+            w = constant_array(w_t)
+            axis = weight_only_axis(node, i, w) if self.per_channel else None
+            node.inputs[i] = self._decompressed_weight(w_t, w, axis, names, head, cache)
+            replaced = True
+        return replaced
+
+    def _decompressed_weight(self, w_t, w: np.ndarray, axis: int | None, names, head: list[gs.Node], cache) -> gs.Variable:
+        """``Mul(Cast(Q, to=FLOAT), S)`` for the float weight ``w`` (see :meth:`_weight_only`),
+        shared by every reader of the same weight."""
+        key = ("weight-only", id(w_t), axis, id(head))
+        if key in cache:
+            return cache[key]
+        scale = weight_scales(w, axis, 127)
+        q, scale = quantize_weight(w, axis, -127, 127, scale)
+        shape = [1] * w.ndim
+        if axis is not None:
+            shape[axis] = w.shape[axis]
+        q_t = gs.Constant(names.new(f"{w_t.name}_int8"), q)
+        s_t = gs.Constant(names.new(f"{w_t.name}_scale"), np.asarray(scale, np.float32).reshape(shape))
+        cast = gs.Variable(names.new(f"{w_t.name}_int8_float"), dtype=np.float32, shape=list(w.shape))
+        out = gs.Variable(names.new(f"{w_t.name}_decompressed"), dtype=np.float32, shape=list(w.shape))
+        head.append(gs.Node("Cast", names.new(f"{w_t.name}_Cast"), attrs={"to": int(onnx.TensorProto.FLOAT)}, inputs=[q_t], outputs=[cast]))
+        head.append(gs.Node("Mul", names.new(f"{w_t.name}_scale_Mul"), inputs=[cast, s_t], outputs=[out]))
+        cache[key] = out
+        return out
+
+    def _quantize_embeddings(self, graphs: list[gs.Graph]) -> dict[str, int]:
+        """Store large float ``Gather`` tables as int8 (option ``embedding_tables``).
+
+        A float32 initializer of at least ``embedding_min_elements`` elements
+        whose every reader is a ``Gather`` reading it as ``data`` (input 0), such
+        as a word-embedding table ``[V, D]``, becomes a symmetric int8 table
+        (range ``[-127, 127]``, zero point 0); each ``Gather`` reads the int8
+        table and dequantizes only the gathered rows:
+
+        * ``embedding_scale="per-tensor"`` (the default): ``Gather(q, idx) ->
+          DequantizeLinear`` with one float32 scale (ONNX DequantizeLinear, per tensor).
+        * ``embedding_scale="per-row"``: one scale per index of the
+          gathered axis, float32 of shape ``[1, ..., V, ..., 1]`` (``V`` on the
+          Gather's axis); ``Gather(q, idx) -> Cast(float) -> Mul(Gather(scale, idx))``.
+          An outlier row then costs only its own precision.
+
+        Runs before calibration, so the activations are calibrated on what the
+        int8 tables give; the sensitivity analysis counts the tables' error among
+        what is quantized regardless.
+
+        Returns:
+            initializer name -> bytes saved.
+        """
+        model = self._model
+        names = self.names(model)
+        saved: dict[str, int] = {}
+        seen: set[int] = set()
+        per_row = self.embedding_scale == "per-row"
+        for g in graphs:
+            for node in list(g.nodes):
+                if node.op != "Gather" or node.domain not in _DEFAULT_DOMAINS or not node.inputs:
+                    continue
+                t = node.inputs[0]
+                if id(t) in seen or not self._is_weight(t) or t.shape is None:
+                    continue
+                size = int(np.prod(t.shape, dtype=np.int64))
+                if size < int(self.embedding_min_elements) or len(t.shape) < 1:
+                    continue
+                readers = [n for gg in graphs for n in gg.nodes if any(i is t for i in n.inputs)]
+                if not readers or any(r.op != "Gather" or r.domain not in _DEFAULT_DOMAINS or r.inputs[0] is not t or any(i is t for i in r.inputs[1:]) for r in readers):
+                    continue
+                if id(t) in self._graph_outputs or any(t is i for i in g.inputs):
+                    continue
+                seen.add(id(t))
+                w = constant_array(t)
+                rank = w.ndim
+                q_consts: dict[int, tuple[gs.Constant, gs.Constant | None]] = {}
+                for r in readers:
+                    rg = self._graph_of.get(id(r), g)
+                    axis = int(r.attrs.get("axis", 0))
+                    axis = axis + rank if axis < 0 else axis
+                    if axis not in q_consts:
+                        if per_row:
+                            scale = weight_scales(w, axis, 127)
+                            shape = [1] * rank
+                            shape[axis] = -1
+                            q, scale = quantize_weight(w, axis, -127, 127, scale)
+                            s_t = gs.Constant(names.new(f"{t.name}_row_scale"), np.ascontiguousarray(scale.reshape(shape)))
+                        else:
+                            q, scale = quantize_weight(w, None, -127, 127)
+                            s_t = gs.Constant(names.new(f"{t.name}_scale"), np.asarray(scale, np.float32))
+                        q_consts[axis] = (gs.Constant(names.new(f"{t.name}_quantized"), q), s_t)
+                    q_t, s_t = q_consts[axis]
+                    out = r.outputs[0]
+                    gathered = gs.Variable(names.new(f"{out.name}_int8"), dtype=np.int8, shape=out.shape)
+                    r.inputs[0] = q_t
+                    r.outputs[0] = gathered
+                    idx_t = r.inputs[1]
+                    if per_row:
+                        as_float = gs.Variable(names.new(f"{out.name}_cast"), dtype=np.float32, shape=out.shape)
+                        row_s = gs.Variable(names.new(f"{out.name}_row_scale"), dtype=np.float32, shape=None)
+                        new_nodes = [
+                            gs.Node("Cast", names.new(f"{r.name or out.name}_Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[gathered], outputs=[as_float]),
+                            gs.Node("Gather", names.new(f"{r.name or out.name}_scale_Gather"), attrs={"axis": axis}, inputs=[s_t, idx_t], outputs=[row_s]),
+                            gs.Node("Mul", names.new(f"{r.name or out.name}_dequantize"), inputs=[as_float, row_s], outputs=[out]),
+                        ]
+                    else:
+                        z_t = gs.Constant(names.new(f"{t.name}_zero_point"), np.zeros((), np.int8))
+                        new_nodes = [
+                            gs.Node("DequantizeLinear", names.new(f"{r.name or out.name}_DequantizeLinear"), inputs=[gathered, s_t, z_t], outputs=[out]),
+                        ]
+                    pos = next(k for k, n in enumerate(rg.nodes) if n is r)
+                    rg.nodes[pos + 1 : pos + 1] = new_nodes
+                    for n in new_nodes:
+                        self._graph_of[id(n)] = rg
+                new_bytes = sum(int(q.values.nbytes) + int(np.asarray(sc.values).nbytes) for q, sc in q_consts.values())
+                saved[t.name] = int(w.nbytes) - new_bytes
+                logger.debug("quantize-int8: Gather table %s %s -> int8 (%s scales)", t.name, list(w.shape), self.embedding_scale)
+        if saved:
+            logger.info(
+                "quantize-int8: %d Gather table(s) stored as int8 (%s), %.2f MB saved",
+                len(saved), self.embedding_scale, sum(saved.values()) / 1e6,
+            )
+        return saved
 
     def _quantize_lstm(self, g, node, names, head, wqmin, wqmax) -> str | None:
         """Replace ``node`` by com.microsoft DynamicQuantizeLSTM; None on success,

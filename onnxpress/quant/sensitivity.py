@@ -29,6 +29,16 @@ real QDQ model with those units excluded, measures *that* in onnxruntime (fused
 int8 kernels), and keeps adding units while it misses (the achieved numbers in
 the pass stats are those of the written model).
 
+**Weight-only int8 for the kept layers** (``float_layer_weights="int8"``): a
+unit kept float keeps its int8 weight (in the simulation its weight gate stays
+on while its activation gates are off), unless its weight has at most 4096
+elements (fp32 there costs nothing). The ranking is unchanged (each unit's whole
+group). If the written model misses the budget at the cap, and would meet it
+with fp32 weights for every kept unit, the fewest kept units go back to fp32
+weights: ordered by their weight-only error (the output noise of that weight
+alone in int8) per weight element, the prefix is bisected on the written model.
+Otherwise they keep int8 weights and the budget is reported missed.
+
 Output error (:func:`output_error`): per model output, SNR in dB
 ``10 log10(sum ref^2 / sum (ref - got)^2)`` and cosine over all samples; the
 model's value is the worst output's.
@@ -238,10 +248,12 @@ class GateSpec:
     touch: dict[str, list[str]]
     optional: dict[str, list[str]]
 
-    def gates(self, on: Iterable[str]) -> dict[str, bool]:
+    def gates(self, on: Iterable[str], weights_on: Iterable[str] = ()) -> dict[str, bool]:
         """Gate name -> on, for the units ``on`` quantized (their groups on, and the
-        optional QNodes reachable from them)."""
+        optional QNodes reachable from them), and the units ``weights_on`` with
+        only their int8 weight on (weight-only int8, activations float)."""
         on = set(on)
+        weights_on = set(weights_on)
         node_on = {u: (u in on) for u in self.units}
         for n in self.optional:
             node_on[n] = False
@@ -261,7 +273,7 @@ class GateSpec:
                     changed = True
         gates = {_act_gate(t): v for t, v in tensor_on.items()}
         for u in self.units:
-            gates[_weight_gate(u)] = u in on
+            gates[_weight_gate(u)] = u in on or u in weights_on
         return gates
 
 

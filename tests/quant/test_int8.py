@@ -242,7 +242,8 @@ def test_conv_transpose_per_channel_axis_1(group):
         ["y"],
         {"W": w, "B": rng.normal(size=3 * group).astype(np.float32)},
     )
-    q, result = quantize(m)
+    # conv_transpose="int8": on CPU targets "auto" keeps ConvTranspose float (no int8 kernel).
+    q, result = quantize(m, conv_transpose="int8")
     assert result.stats["quantized_ConvTranspose"] == 1
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
     assert next(a.i for a in dq.attribute if a.name == "axis") == 1
@@ -593,3 +594,302 @@ def test_entropy_keeps_a_dense_negative_side_and_sparse_data():
     z = rng.exponential(1.0, 1000)
     counts, edges = np.histogram(z, bins=2048)
     assert entropy_range(edges, counts, 0, 255) == pytest.approx((0.0, z.max()))
+
+
+# ------------------------------------------- weight-only int8 for float layers
+def _heavy_tailed_feeds(model, n, seed):
+    """Activations with rare large values: int8 activations lose SNR on them, int8
+    weights do not (so the sensitivity budget keeps the layer float)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        f = {}
+        for vi in model.graph.input:
+            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            f[vi.name] = (rng.normal(size=shape) * np.exp(1.5 * rng.normal(size=shape))).astype(np.float32)
+        out.append(f)
+    return out
+
+
+def _snr_on(fp32, q, feeds_list, optimize):
+    snrs = []
+    for feeds in feeds_list:
+        for r, g in zip(run_ort(fp32, feeds, optimize), run_ort(q, feeds, optimize)):
+            assert r.shape == g.shape and np.all(np.isfinite(g))
+            snrs.append(snr_db(r, g))
+    return min(snrs)
+
+
+def _weight_only_cases():
+    rng = np.random.default_rng(3)
+
+    def w(*shape):  # output channels of very different magnitude: per-channel scales matter
+        return rng.normal(size=shape).astype(np.float32)
+
+    def scaled(a, axis):
+        shape = [1] * a.ndim
+        shape[axis] = a.shape[axis]
+        return (a * np.exp(rng.uniform(-3, 3, size=a.shape[axis])).reshape(shape)).astype(np.float32)
+
+    return {
+        # name: (node, input shape, weights, weight name, expected axis, output channels)
+        # (more than 4096 weights each: smaller kept layers keep fp32 weights)
+        "Conv": (oh.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1, 1, 1]), [1, 16, 8, 8],
+                 {"W": scaled(w(48, 16, 3, 3), 0), "B": w(48)}, "W", 0, 48),
+        "ConvTranspose": (oh.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2], group=2), [1, 64, 5, 5],
+                          {"W": scaled(w(64, 40, 2, 2), 1)}, "W", 1, 40),
+        "Gemm_transB0": (oh.make_node("Gemm", ["x", "W", "C"], ["y"]), [4, 128],
+                         {"W": scaled(w(128, 48), 1), "C": w(48)}, "W", 1, 48),
+        "Gemm_transB1": (oh.make_node("Gemm", ["x", "W", "C"], ["y"], transB=1, alpha=0.5), [4, 128],
+                         {"W": scaled(w(48, 128), 0), "C": w(48)}, "W", 0, 48),
+        "MatMul_B2d": (oh.make_node("MatMul", ["x", "W"], ["y"]), [2, 5, 128], {"W": scaled(w(128, 40), 1)}, "W", 1, 40),
+        "MatMul_B3d": (oh.make_node("MatMul", ["x", "W"], ["y"]), [3, 5, 64], {"W": scaled(w(3, 64, 40), 2)}, "W", 2, 40),
+        "MatMul_A2d": (oh.make_node("MatMul", ["W", "x"], ["y"]), [128, 6], {"W": scaled(w(40, 128), 0)}, "W", 0, 40),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_weight_only_cases()))
+def test_weight_only_int8_axis_per_op(case):
+    node, in_shape, inits, wname, axis, channels = _weight_only_cases()[case]
+    m = _model([node], [("x", in_shape)], ["y"], inits)
+    calib = _heavy_tailed_feeds(m, 16, 1)
+    # The budget is out of reach with int8 activations, within reach with int8 weights.
+    # (conv_transpose="int8": the x86 default keeps ConvTranspose float for speed, with fp32 weights)
+    q, result = quantize(m, calib=calib, max_error="snr:35", max_float_fraction=1.0, sensitivity_samples=4,
+                         float_layer_weights="int8", conv_transpose="int8")
+    st = result.stats
+    assert st["sensitivity_kept_float"] == 1 and st["sensitivity_budget_met"] == 1, st
+    assert st["weight_only_int8"] == 1 and st["sensitivity_fp32_weights"] == 0, st
+    ops = [n.op_type for n in q.graph.node]
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops  # no activation Q/DQ
+    assert ops.count("Cast") == 1 and ops.count("Mul") == 1  # W = Cast(Q) * S
+    cast = next(n for n in q.graph.node if n.op_type == "Cast")
+    mul = next(n for n in q.graph.node if n.op_type == "Mul")
+    inits_q = _initializers(q)
+    assert wname not in inits_q  # the fp32 weight is gone
+    wq = inits_q[cast.input[0]]
+    scale = inits_q[next(i for i in mul.input if i != cast.output[0])]
+    assert wq.dtype == np.int8 and wq.shape == inits[wname].shape and np.abs(wq).max() == 127
+    # One float32 scale per output channel, on the weight's channel axis (broadcast).
+    expected = [1] * wq.ndim
+    expected[axis] = channels
+    assert scale.dtype == np.float32 and list(scale.shape) == expected and np.all(scale > 0)
+    # Per channel: every output channel uses its full int8 range.
+    amax = np.moveaxis(np.abs(wq.astype(np.int32)), axis, 0).reshape(channels, -1).max(axis=1)
+    assert np.all(amax == 127)
+    # The float op reads the decompressed weight.
+    op = next(n for n in q.graph.node if n.op_type == node.op_type)
+    assert mul.output[0] in op.input
+    # Differential against fp32, onnxruntime optimizations off and on, on fresh data.
+    feeds = _heavy_tailed_feeds(m, 4, 9)
+    for optimize in (False, True):
+        assert _snr_on(m, q, feeds, optimize) >= 35
+    assert st["bytes_after"] < 0.5 * st["bytes_before"]
+    # Fully int8 for comparison: the activations cost the budget.
+    q_all, _ = quantize(m, calib=calib, conv_transpose="int8")
+    assert _snr_on(m, q_all, feeds, False) < 35
+
+
+def test_weight_only_weights_folded_by_onnxruntime_and_not_by_fold_constants():
+    """onnxruntime folds the weight's Cast/Mul at session creation: the optimized
+    graph has a plain float Conv (no Cast, Mul or DequantizeLinear left), so its
+    fast kernels stay. fold-constants, run again on the quantized model, keeps the
+    int8 storage (it never folds a Cast of int8 constants)."""
+    from onnxpress.quant import optimized_op_counts
+
+    node, in_shape, inits, *_ = _weight_only_cases()["Conv"]
+    m = _model([node], [("x", in_shape)], ["y"], inits)
+    q, result = quantize(m, calib=_heavy_tailed_feeds(m, 16, 1), max_error="snr:35", max_float_fraction=1.0,
+                         sensitivity_samples=4, float_layer_weights="int8")
+    assert result.stats["weight_only_int8"] == 1
+    opt = optimized_op_counts(q)
+    assert opt.get("Conv", 0) + opt.get("FusedConv", 0) == 1, opt
+    assert not {"Cast", "Mul", "DequantizeLinear", "QLinearConv"} & set(opt), opt
+    again = onnxpress.optimize(q, recipe="lossless").model
+    assert any(i.data_type == onnx.TensorProto.INT8 and i.dims == list(inits["W"].shape) for i in again.graph.initializer)
+    assert len(again.SerializeToString()) < 0.5 * len(m.SerializeToString())
+
+
+def test_weight_only_off_keeps_fp32_weights_and_user_exclusions_stay_fp32():
+    node, in_shape, inits, *_ = _weight_only_cases()["Conv"]
+    m = _model([node], [("x", in_shape)], ["y"], inits)
+    calib = _heavy_tailed_feeds(m, 16, 1)
+    q, result = quantize(m, calib=calib, max_error="snr:35", max_float_fraction=1.0, sensitivity_samples=4)
+    assert result.stats["sensitivity_kept_float"] == 1 and result.stats["weight_only_int8"] == 0
+    assert "W" in _initializers(q) and not any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    # A layer the user excluded keeps fp32 weights even with float_layer_weights="int8".
+    named = _model([oh.make_node("Conv", ["x", "W", "B"], ["y"], name="c0", pads=[1, 1, 1, 1])], [("x", in_shape)], ["y"], inits)
+    q, result = quantize(named, calib=calib, exclude_nodes=["c0"], float_layer_weights="int8")
+    assert result.stats["weight_only_int8"] == 0 and "W" in _initializers(q)
+    # A ConvTranspose kept float by the target rule (for speed) gets int8 weights
+    # (folded by onnxruntime at load, so its float kernel is unchanged).
+    node, in_shape, inits, *_ = _weight_only_cases()["ConvTranspose"]
+    ct = _model([node], [("x", in_shape)], ["y"], inits)
+    q, result = quantize(ct, calib=_heavy_tailed_feeds(ct, 8, 1), conv_transpose="float", float_layer_weights="int8")
+    assert result.stats["quantized"] == 0 and result.stats["weight_only_int8"] == 1 and "W" not in _initializers(q)
+    with pytest.raises(InputError, match="float_layer_weights"):
+        quantize(m, calib=calib, float_layer_weights="int4")
+
+
+def test_weight_only_reverts_to_fp32_weights_when_int8_weights_miss_the_budget():
+    # A budget no int8 weight meets (8-bit per-channel rounding gives ~40 dB): the
+    # kept layer goes back to fp32 weights and the budget holds.
+    node, in_shape, inits, *_ = _weight_only_cases()["MatMul_B2d"]
+    m = _model([node], [("x", in_shape)], ["y"], inits)
+    calib = _heavy_tailed_feeds(m, 16, 1)
+    q, result = quantize(m, calib=calib, max_error="snr:70", max_float_fraction=1.0, sensitivity_samples=4,
+                         float_layer_weights="int8")
+    st = result.stats
+    assert st["sensitivity_kept_float"] == 1 and st["sensitivity_fp32_weights"] == 1, st
+    assert st["sensitivity_budget_met"] == 1 and st["weight_only_int8"] == 0
+    assert "W" in _initializers(q)
+    for optimize in (False, True):
+        assert _snr_on(m, q, _heavy_tailed_feeds(m, 2, 9), optimize) >= 70
+
+
+def test_weight_only_in_edge_int8_budget_holds_on_two_layers():
+    """Two layers, one kept float by the budget: it gets int8 weights, the other is
+    fully int8, and the written model meets the budget on calibration data."""
+    rng = np.random.default_rng(5)
+    m = _model(
+        [
+            oh.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+            oh.make_node("Mul", ["h", "h"], ["h2"]),  # squares: outliers in h2
+            oh.make_node("MatMul", ["h2", "W2"], ["y"], name="mm2"),
+        ],
+        [("x", [4, 96])],
+        ["y"],
+        {"W1": (rng.normal(size=(96, 96)) * 0.1).astype(np.float32),
+         "W2": (rng.normal(size=(96, 64)) * 0.1).astype(np.float32)},
+    )
+    calib = _heavy_tailed_feeds(m, 16, 1)
+    q, result = quantize(m, calib=calib, max_error="snr:24", max_float_fraction=0.5, sensitivity_samples=8,
+                         float_layer_weights="int8")
+    st = result.stats
+    assert st["sensitivity_budget_met"] == 1 and st["sensitivity_snr_db"] >= 24, st
+    assert st["quantized_MatMul"] == 1 and st["weight_only_int8"] == 1 and st["sensitivity_kept_float"] == 1, st
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and t.name in ("W1", "W2") for t in q.graph.initializer)
+    # The budget, re-measured in onnxruntime (optimizations off and on) on the
+    # samples it was judged on (the SNR of all of them together).
+    for optimize in (False, True):
+        ref = np.concatenate([run_ort(m, f, optimize)[0].ravel() for f in calib[:8]])
+        got = np.concatenate([run_ort(q, f, optimize)[0].ravel() for f in calib[:8]])
+        assert snr_db(ref, got) >= 24
+
+
+def test_small_kept_layer_keeps_fp32_weights():
+    # At most 4096 weights: int8 would save too little to pay for a DequantizeLinear.
+    rng = np.random.default_rng(3)
+    m = _model([oh.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1, 1, 1])], [("x", [1, 3, 8, 8])], ["y"],
+               {"W": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "B": rng.normal(size=6).astype(np.float32)})
+    q, result = quantize(m, calib=_heavy_tailed_feeds(m, 16, 1), max_error="snr:35", max_float_fraction=1.0,
+                         sensitivity_samples=4, float_layer_weights="int8")
+    st = result.stats
+    assert st["sensitivity_kept_float"] == 1 and st["weight_only_int8"] == 0 and st["sensitivity_fp32_weights"] == 1, st
+    assert "W" in _initializers(q) and not any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+
+
+# ------------------------------------------------------- int8 Gather tables
+def _gather_model(vocab=2000, dim=64, extra_reader=False):
+    rng = np.random.default_rng(0)
+    table = (rng.normal(size=(vocab, dim)) * 0.05).astype(np.float32)
+    table[7] *= 40.0  # one outlier row (a rare token with a large embedding)
+    nodes = [
+        oh.make_node("Gather", ["E", "ids"], ["e"], axis=0, name="embed"),
+        oh.make_node("Add", ["e", "P"], ["h"]),
+        oh.make_node("MatMul", ["h", "W"], ["y"]),
+    ]
+    inits = {"E": table, "P": (rng.normal(size=(dim,)) * 0.05).astype(np.float32),
+             "W": (rng.normal(size=(dim, 16)) * 0.2).astype(np.float32)}
+    outputs = ["y"]
+    if extra_reader:  # a tied output projection reads the table too
+        nodes.append(oh.make_node("Transpose", ["E"], ["ET"]))
+        nodes.append(oh.make_node("MatMul", ["h", "ET"], ["logits"]))
+        outputs.append("logits")
+    g = oh.make_graph(
+        nodes, "g", [oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2, 12])],
+        [oh.make_tensor_value_info(o, F, None) for o in outputs],
+        [nh.from_array(v, k) for k, v in inits.items()],
+    )
+    model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    for i, o in enumerate(model.graph.output):
+        model.graph.output[i].CopyFrom(inferred[o.name])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _id_feeds(n, seed, vocab=2000, with_outlier=True):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(0, vocab, size=(2, 12)).astype(np.int64)
+        if with_outlier:
+            ids[0, 3] = 7
+        out.append({"ids": ids})
+    return out
+
+
+@pytest.mark.parametrize("scale_mode", ["per-row", "per-tensor"])
+def test_gather_table_int8(scale_mode):
+    m = _gather_model()
+    q, result = quantize(m, calib=_id_feeds(8, 1), embedding_tables="int8", embedding_scale=scale_mode,
+                         embedding_min_elements=65536)
+    st = result.stats
+    assert st["embedding_tables_int8"] == 1 and st["embedding_bytes_saved"] > 0.7 * 2000 * 64 * 4
+    inits = _initializers(q)
+    assert "E" not in inits
+    table = next(v for k, v in inits.items() if k.startswith("E") and v.dtype == np.int8)
+    assert table.shape == (2000, 64)
+    gather = next(n for n in q.graph.node if n.op_type == "Gather" and n.name == "embed")
+    assert inits[gather.input[0]].dtype == np.int8
+    readers = [n for n in q.graph.node if gather.output[0] in n.input]
+    if scale_mode == "per-tensor":
+        assert [n.op_type for n in readers] == ["DequantizeLinear"]
+        s = inits[readers[0].input[1]]
+        assert s.shape == () and np.isclose(s, np.abs(nh.to_array(m.graph.initializer[0])).max() / 127)
+    else:
+        assert [n.op_type for n in readers] == ["Cast"]
+        row_scale = next(v for k, v in inits.items() if "row_scale" in k)
+        assert row_scale.shape == (2000, 1) and row_scale.dtype == np.float32
+        scale_gather = next(n for n in q.graph.node if n.op_type == "Gather" and n.input[0] in inits and inits[n.input[0]] is row_scale)
+        assert scale_gather.input[1] == "ids"
+    # Differential vs fp32, onnxruntime optimizations off and on: the Gathered rows
+    # are dequantized exactly as DequantizeLinear specifies.
+    fp32_table = nh.to_array(m.graph.initializer[0])
+    scale = (np.abs(fp32_table).max(axis=1, keepdims=True) if scale_mode == "per-row" else np.abs(fp32_table).max()) / 127
+    deq = np.clip(np.rint(fp32_table / scale), -127, 127) * scale
+    for feeds in _id_feeds(3, 9):
+        expect = deq[feeds["ids"]]
+        for optimize in (False, True):
+            ref = run_ort(m, feeds, optimize)[0]
+            got = run_ort(q, feeds, optimize)[0]
+            assert got.shape == ref.shape and np.all(np.isfinite(got))
+            h = expect + nh.to_array(m.graph.initializer[1])
+            ref_deq = h.astype(np.float64) @ nh.to_array(m.graph.initializer[2]).astype(np.float64)
+            # The table's own error is exactly the reference dequantization's; the rest is the MatMul's int8.
+            assert snr_db(ref_deq, got) >= 25 and snr_db(ref, got) >= 20
+
+
+def test_gather_table_per_row_beats_per_tensor_with_an_outlier_row():
+    m = _gather_model()
+    feeds = _id_feeds(4, 9)
+    errs = {}
+    for mode in ("per-row", "per-tensor"):
+        q, _ = quantize(m, calib=_id_feeds(8, 1), embedding_tables="int8", embedding_scale=mode, exclude_op_types=["MatMul"])
+        errs[mode] = min(_snr_on(m, q, feeds, optimize) for optimize in (False, True))
+    # One outlier row sets the per-tensor scale: every other row loses ~5 bits.
+    assert errs["per-row"] >= 38 and errs["per-row"] > errs["per-tensor"] + 10, errs
+
+
+def test_gather_table_thresholds_and_shared_tables():
+    m = _gather_model()
+    q, result = quantize(m, calib=_id_feeds(8, 1), embedding_tables="int8", embedding_min_elements=2000 * 64 + 1)
+    assert result.stats["embedding_tables_int8"] == 0 and "E" in _initializers(q)
+    q, result = quantize(m, calib=_id_feeds(8, 1))  # the pass default: fp32 tables
+    assert result.stats["embedding_tables_int8"] == 0 and "E" in _initializers(q)
+    shared = _gather_model(extra_reader=True)
+    q, result = quantize(shared, calib=_id_feeds(8, 1), embedding_tables="int8")
+    assert result.stats["embedding_tables_int8"] == 0  # also read by a Transpose: no size to win
+    with pytest.raises(InputError, match="embedding_scale"):
+        quantize(m, calib=_id_feeds(8, 1), embedding_tables="int8", embedding_scale="per-column")

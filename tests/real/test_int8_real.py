@@ -22,8 +22,10 @@ N_EVAL = {"magika": 64, "silero_vad": 64, "ppocr_det": 8, "ppocr_rec": 48, "dddd
 MIN_KERNELS = {
     "magika": {"QLinearConv": 1, "QGemm": 1},
     "silero_vad": {"QLinearConv": 6, "DynamicQuantizeLSTM": 1},
-    "ppocr_det": {"QLinearConv": 40},  # the sensitivity budget keeps <= 1/4 of the layers float
-    "ppocr_rec": {"QLinearConv": 24},
+    # The sensitivity budget keeps <= 1/4 of the quantized layers float, and on x86
+    # the depthwise convs stay float for speed (36 / 15 QLinearConv measured).
+    "ppocr_det": {"QLinearConv": 30},
+    "ppocr_rec": {"QLinearConv": 12},
     "ddddocr": {"QLinearConv": 21, "DynamicQuantizeLSTM": 1},
 }
 
@@ -47,16 +49,30 @@ def test_valid_smaller_and_int8(quantized):
     q = result.model
     onnx.checker.check_model(q, full_check=True)
     make_session(q, "disabled")
-    # Layers kept float by the sensitivity budget cost size on the OCR models: with
-    # MSE ranges (the edge-int8 default since they keep MiniLM at 0.99 cosine, where
-    # percentile clipping gave 0.94) PP-OCRv4 rec keeps more layers float and lands
-    # at 0.53x; onnxruntime's quantize_static reaches 0.29x at a far lower accuracy.
-    # A known gap of the int8 issue, recorded in benchmarks/results/quant.md.
-    bound = {"ppocr_det": 0.5, "ppocr_rec": 0.55}.get(name, 0.4)
-    assert q.ByteSize() < bound * path.stat().st_size
+    # Size (issue #3: at most onnxruntime quantize_static's, which is 0.31x / 0.29x
+    # on PP-OCRv4 det / rec). The layers the sensitivity budget keeps float store
+    # int8 weights (float_layer_weights="int8") except those whose fp32 weights the
+    # budget needs or that are tiny. Measured on this AVX2 machine (no VNNI):
+    # det 0.321x (was 0.41x; 8 kept layers with int8 weights, 4 tiny stem convs
+    # fp32) and rec 0.364x (was 0.53x; 3 with int8 weights, 6 fp32 of which one
+    # 480x480 conv the 20 dB budget needs). What is left above onnxruntime's size:
+    # the depthwise convs and ConvTranspose the x86 target rules keep float for speed
+    # with fp32 weights, and (rec) that one conv. The other models: 0.25-0.27x.
+    bound = {"ppocr_det": 0.33, "ppocr_rec": 0.37}.get(name, 0.28)
+    ratio = q.ByteSize() / path.stat().st_size
+    print(f"{name}: size {ratio:.3f}x of fp32")
+    assert ratio < bound, ratio
     stats = result.pass_totals()["quantize-int8"]
     assert stats["sensitivity_layers"] > 0
     assert stats["sensitivity_kept_float"] <= 0.25 * stats["sensitivity_layers"]
+    # The budget holds with the kept layers' int8 weights (written model, calibration
+    # data). Silero VAD misses it (16 dB: its cap is 1 of 6 layers, and fp32 weights
+    # for that layer would not meet it either); its decisions still agree (below).
+    if name != "silero_vad":
+        assert stats["sensitivity_budget_met"] == 1 and stats["sensitivity_snr_db"] >= 20, stats
+    if name in ("ppocr_det", "ppocr_rec"):
+        assert stats["weight_only_int8"] >= 3, stats  # kept float, int8 weights
+        assert stats["sensitivity_fp32_weights"] < stats["sensitivity_kept_float"], stats
     kernels = count_int8_kernels(q)
     for op, n in MIN_KERNELS[name].items():
         assert kernels.get(op, 0) >= n, kernels
@@ -81,12 +97,9 @@ def test_task_metric(quantized):
         fp32 = np.mean([decode(path, r[0]) == y for r, y in zip(ref, labels)])
         int8 = np.mean([decode(path, g[0]) == y for g, y in zip(got, labels)])
         print(f"{name}: exact-string rate fp32 {fp32:.3f}, int8 {int8:.3f}")
-        # ppocr_rec: the issue's bar is fp32 - 0.05. Measured on this AVX2 machine
-        # (no VNNI) with edge-int8's sensitivity budget: 0.896 vs fp32 0.979 (43 vs 47
-        # of 48 lines; 0.875 without the budget). Ranking on 8 samples instead of 4
-        # reaches 0.9375 but keeps layers whose float cost erases the latency win
-        # (0.98x fp32). The best honest bound at the recipe's defaults:
-        bar = 0.10 if name == "ppocr_rec" else 0.05
+        # The issue's bar, fp32 - 0.05. Measured on this AVX2 machine (no VNNI):
+        # ppocr_rec 0.938 vs fp32 0.979 (45 vs 47 of 48 lines), ddddocr 1.000.
+        bar = 0.05
         assert int8 >= fp32 - bar, (fp32, int8)
     elif name == "ppocr_det":
         inter = sum(np.sum((r[0] > 0.3) & (g[0] > 0.3)) for r, g in zip(ref, got))
@@ -96,3 +109,57 @@ def test_task_metric(quantized):
         # 0.65 when every layer is int8; the sensitivity budget keeps the first
         # backbone convs float: 0.97 measured.
         assert iou >= 0.9, iou
+
+
+def test_target_rules_depthwise_and_conv_transpose_float(quantized):
+    """quantize-int8's target rules (``depthwise``/``conv_transpose`` = ``"auto"``)
+    on the x86 CPU EP: depthwise Convs (int8 is 1.3-2.3x slower than fp32 NCHWc
+    there) and ConvTranspose (no int8 kernel) stay float: their weights are fp32
+    initializers or int8 ones read through Cast/Mul (folded by onnxruntime at load,
+    so no DequantizeLinear and no QLinearConv), and PP-OCRv4 rec still meets the
+    issue's bar (fp32 - 0.05 exact strings)."""
+    import platform
+
+    name, path, result = quantized
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        pytest.skip("the auto rules keep depthwise int8 off x86")
+    q = result.model
+    inits = {i.name: i for i in q.graph.initializer}
+    stats = result.pass_totals()["quantize-int8"]
+    producer = {o: n for n in q.graph.node for o in n.output}
+
+    def weight(name: str):
+        """The stored weight behind a float layer's weight input: fp32, or int8 via Mul(Cast(.), scale)."""
+        if name in inits:
+            return inits[name]
+        mul = producer[name]
+        assert mul.op_type == "Mul", mul.op_type
+        cast = next(producer[i] for i in mul.input if i in producer)
+        assert cast.op_type == "Cast"
+        return inits[cast.input[0]]
+
+    dw, ct = [], []
+    for n in q.graph.node:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if n.op_type == "ConvTranspose":
+            ct.append(n)
+        elif n.op_type == "Conv" and group > 1 and weight(n.input[1]).dims[1] == 1:
+            dw.append(n)
+    for n in dw + ct:
+        assert weight(n.input[1]).data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8), n.name
+        assert n.input[1] in inits or producer[n.input[1]].op_type == "Mul", n.name  # never a DequantizeLinear
+    n_dw = sum(v for k, v in stats.items() if k.startswith("float_depthwise_conv_kept_float"))
+    n_ct = sum(v for k, v in stats.items() if k.startswith("float_convtranspose_kept_float"))
+    assert (n_dw, n_ct) == (len(dw), len(ct)), stats
+    if name in ("ppocr_rec", "ppocr_det"):
+        assert len(dw) == 14, len(dw)
+    if name == "ppocr_det":
+        assert len(ct) == 2, len(ct)
+    if name == "ppocr_rec":
+        feeds, labels = rm.real_inputs_with_labels(name, n=N_EVAL[name], seed=EVAL_SEED)
+        ref = _outputs(onnx.load(str(path)), feeds)
+        got = _outputs(q, feeds)
+        fp32 = np.mean([rm.ctc_decode_ppocr(path, r[0]) == y for r, y in zip(ref, labels)])
+        int8 = np.mean([rm.ctc_decode_ppocr(path, g[0]) == y for g, y in zip(got, labels)])
+        print(f"ppocr_rec, depthwise float: exact-string rate fp32 {fp32:.3f}, int8 {int8:.3f}")
+        assert int8 >= fp32 - 0.05, (fp32, int8)
