@@ -2,7 +2,13 @@
 
 For each model (magika, PP-OCRv4 det and rec, ddddocr) and each channel ratio:
 the lossless fp32 model, then ``prune-channels`` (filter L1 importance) at that
-ratio, then ``distill`` (the original model as teacher). Columns: MACs (M, on
+ratio of every dependency group (``allocation="uniform"``), then ``distill``
+(the original model as teacher). At ``--variant-ratios`` (default 30%) the other
+prune-channels settings of ``VARIANTS`` get a row each: "uniform, act." (the
+activation-aware importance) and "global MACs[, act.]" (``allocation="global"``,
+``budget="macs"``: the MACs the uniform allocation removes at that ratio,
+shared out between groups by their measured sensitivity, at most 60% of a
+group; with L1 or activation importance inside a group). Columns: MACs (M, on
 the latency input's shape), size (MB, serialized), onnxruntime CPU latency (1 thread, ORT_ENABLE_ALL,
 median of 20 runs on one real input), the task metric of the pruned and of the
 distilled model on real evaluation inputs (disjoint from the calibration
@@ -18,6 +24,7 @@ Usage::
 
     python benchmarks/prune.py --out benchmarks/results/prune.md
     python benchmarks/prune.py --models magika --ratios 0.3
+    python benchmarks/prune.py --models magika ppocr_det --ratios 0.3 --variant-ratios 0.3
     python benchmarks/prune.py --refresh benchmarks/results/prune.json --out benchmarks/results/prune.md
 """
 from __future__ import annotations
@@ -43,6 +50,17 @@ MODELS = ("magika", "ppocr_det", "ppocr_rec", "ddddocr")
 N_CALIB = {"magika": 24, "ppocr_det": 6, "ppocr_rec": 16, "ddddocr": 12}
 N_EVAL = {"magika": 64, "ppocr_det": 8, "ppocr_rec": 48, "ddddocr": 32}
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
+VARIANT_RATIOS = (0.3,)
+# prune-channels options per row label (see onnxpress/prune/channels.py); "uniform"
+# at every --ratios, the others at --variant-ratios.
+VARIANTS = {
+    "uniform": {},
+    "uniform, act.": {"importance": "activation"},
+    "global MACs": {"allocation": "global", "budget": "macs", "max_ratio": 0.6, "sensitivity_samples": 4},
+    "global MACs, act.": {
+        "allocation": "global", "budget": "macs", "importance": "activation", "max_ratio": 0.6, "sensitivity_samples": 4,
+    },
+}
 
 
 def metric(name, path, ref, outs, labels) -> float:
@@ -117,7 +135,7 @@ def latency_ms(model, feed, runs: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def bench_model(name: str, ratios) -> list[dict]:
+def bench_model(name: str, ratios, variant_ratios=VARIANT_RATIOS) -> list[dict]:
     path = rm.fetch(name)
     teacher = onnx.load(str(path))
     calib = rm.real_inputs(name, n=N_CALIB[name], seed=CALIB_SEED)
@@ -135,10 +153,12 @@ def bench_model(name: str, ratios) -> list[dict]:
     }
     rows.append(row0)
     print(f"{name} fp32: {row0}", flush=True)
-    for ratio in ratios:
+    runs = [(r, "uniform") for r in ratios] + [(r, v) for r in variant_ratios for v in VARIANTS if v != "uniform"]
+    for ratio, variant in runs:
+        options = VARIANTS[variant]
         model = load(base)
         ctx = Context(calibration=calib, teacher=teacher)
-        PassManager([make_pass("prune-channels", ratio=ratio)]).run(model, ctx)
+        PassManager([make_pass("prune-channels", ratio=ratio, **options)]).run(model, ctx)
         pruned = model.to_proto()
         start = time.perf_counter()
         recs = PassManager([make_pass("distill")]).run(model, ctx)
@@ -146,26 +166,28 @@ def bench_model(name: str, ratios) -> list[dict]:
         out = model.to_proto()
         a, b = outputs(pruned, feeds), outputs(out, feeds)
         row = {
-            "model": name, "ratio": ratio, "macs": macs_at(out, lat_feed), "size": out.ByteSize(), "latency": latency_ms(out, lat_feed),
+            "model": name, "ratio": ratio, "variant": variant, "macs": macs_at(out, lat_feed), "size": out.ByteSize(), "latency": latency_ms(out, lat_feed),
             "latency_pruned": latency_ms(pruned, lat_feed),
             "metric_pruned": metric(name, path, ref, a, labels), "metric_distilled": metric(name, path, ref, b, labels),
             "snr_pruned": snr(ref, a), "snr_distilled": snr(ref, b), "seconds": seconds,
             "refit": recs[0].stats.get("layers_refit", 0), "rejected": recs[0].stats.get("layers_rejected", 0),
         }
         rows.append(row)
-        print(f"{name} {ratio}: {row}", flush=True)
+        print(f"{name} {ratio} {variant}: {row}", flush=True)
     return rows
 
 
-def measure_pruned(name: str, ratio: float) -> dict:
+def measure_pruned(name: str, ratio: float, variant: str = "uniform") -> dict:
     """MACs (on the latency input), size and latency of the lossless model pruned
-    at ``ratio`` (0: not pruned)."""
+    at ``ratio`` (0: not pruned) with the options of ``VARIANTS[variant]``."""
     teacher = onnx.load(str(rm.fetch(name)))
     feed = rm.real_inputs(name, n=1, seed=EVAL_SEED)[0]
     model = load(teacher)
     PassManager([make_pass(n, **o) for n, o in load_recipe("lossless").passes]).run(model, Context())
     if ratio:
-        PassManager([make_pass("prune-channels", ratio=ratio)]).run(model, Context())
+        options = VARIANTS[variant]
+        calib = rm.real_inputs(name, n=N_CALIB[name], seed=CALIB_SEED) if options else None
+        PassManager([make_pass("prune-channels", ratio=ratio, **options)]).run(model, Context(calibration=calib))
     proto = model.to_proto()
     return {"macs": macs_at(proto, feed), "size": proto.ByteSize(), "latency": latency_ms(proto, feed, runs=50)}
 
@@ -186,7 +208,7 @@ def table(rows: list[dict]) -> str:
             continue
         b = base[r["model"]]
         lines.append(
-            f"| {r['model']} | {r['ratio']:.0%} | {r['macs'] / 1e6:.1f} ({r['macs'] / b['macs']:.2f}x) | {r['size'] / 1e6:.2f} "
+            f"| {r['model']} | {r['ratio']:.0%}{'' if r.get('variant', 'uniform') == 'uniform' else ' ' + r['variant']} | {r['macs'] / 1e6:.1f} ({r['macs'] / b['macs']:.2f}x) | {r['size'] / 1e6:.2f} "
             f"| {r['latency']:.2f} ({r['latency'] / b['latency']:.2f}) | {METRIC_NAME[r['model']]} | {r['metric_pruned']:.3f} "
             f"| {r['metric_distilled']:.3f} | {r['snr_pruned']:.1f} -> {r['snr_distilled']:.1f} | {r['seconds']:.0f} ({r['refit']} / {r['rejected']}) |"
         )
@@ -224,6 +246,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--ratios", nargs="*", type=float, default=list(RATIOS))
+    ap.add_argument("--variant-ratios", nargs="*", type=float, default=list(VARIANT_RATIOS),
+                    help="ratios of the rows of the other VARIANTS (activation importance, global allocation)")
     ap.add_argument("--out", help="write the Markdown table here (and the rows as JSON beside it)")
     ap.add_argument(
         "--refresh",
@@ -236,7 +260,7 @@ def main(argv=None) -> int:
             saved = json.load(f)
         rows, mnist = saved["rows"], saved["mnist"]
         for r in rows:
-            r.update(measure_pruned(r["model"], r["ratio"]))
+            r.update(measure_pruned(r["model"], r["ratio"], r.get("variant", "uniform")))
             print(r["model"], r["ratio"], r["macs"], r["size"], round(r["latency"], 2), flush=True)
     else:
         mnist = bench_mnist()
@@ -244,7 +268,7 @@ def main(argv=None) -> int:
         rows = []
         for name in args.models:
             try:
-                rows.extend(bench_model(name, args.ratios))
+                rows.extend(bench_model(name, args.ratios, args.variant_ratios))
             except Exception:
                 traceback.print_exc()
                 print(f"{name}: failed", file=sys.stderr)

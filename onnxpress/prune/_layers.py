@@ -1,4 +1,4 @@
-"""Linear layers (Conv, Gemm, MatMul) seen as per-group weight matrices.
+"""Linear layers (Conv, ConvTranspose, Gemm, MatMul) seen as per-group weight matrices.
 
 The pruning, distillation and low-rank passes all look at a layer the same
 way: ``y = x W^T + b`` per group, where each row of ``x`` is one input
@@ -7,6 +7,13 @@ each row of ``W`` one output channel. :func:`find_layers` recognizes
 
 * ``Conv`` with a constant weight ``[M, C/g, k...]`` (any group, stride,
   dilation, pads / ``auto_pad``), optional constant bias ``[M]``;
+* ``ConvTranspose`` with a constant weight ``[C, M/g, k...]`` (any group,
+  stride, dilation, ``pads``, ``output_padding``; not ``auto_pad=SAME_*`` nor
+  ``output_shape``), optional constant bias ``[M]``: it is the Conv of the
+  input with ``stride - 1`` zeros inserted between samples, padded by
+  ``dilation * (k - 1) - pads`` (``+ output_padding`` at the end; a negative
+  pad crops), with stride 1 and the kernel flipped and transposed, which is how
+  :func:`im2col` unfolds it (only the ``distill`` pass asks for this op);
 * ``Gemm`` with ``transA=0`` and a constant ``B`` (``transB`` 0 or 1, ``alpha``
   folded into the weight), optional row bias ``C`` (``[N]``, ``[1, N]`` or a
   scalar, times ``beta``);
@@ -20,7 +27,8 @@ int32 bias) as the ``quantize-int8`` pass writes them; such a layer is
 
 Feature order inside a group: input channel major, then kernel position
 (the row-major flattening of ``W[m]``), so ``W_rows[g, m, :] ==
-W[g * Mg + m].reshape(-1)`` for a Conv.
+W[g * Mg + m].reshape(-1)`` for a Conv; for a ConvTranspose ``W_rows[g, m, :]
+== flip(W[g * C/g : (g + 1) * C/g, m]).reshape(-1)`` (spatial axes flipped).
 """
 from __future__ import annotations
 
@@ -34,12 +42,16 @@ import onnx_graphsurgeon as gs
 
 from ..graph import Model, constant_array
 
-__all__ = ["Layer", "QuantInfo", "find_layers", "im2col", "limited", "output_rows", "dq_value"]
+__all__ = ["ALL_LINEAR_OPS", "LINEAR_OPS", "Layer", "QuantInfo", "dq_value", "find_layers", "im2col", "limited", "output_rows"]
 
 logger = logging.getLogger(__name__)
 
 _ONNX = (None, "", "ai.onnx")
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+"""The default op types of :func:`find_layers` (what prune-weights prunes)."""
+ALL_LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Every op type :func:`find_layers` understands (what distill refits)."""
+_CONV_OPS = ("Conv", "ConvTranspose")
 
 
 @dataclass
@@ -62,7 +74,7 @@ class QuantInfo:
 
 @dataclass
 class Layer:
-    """A Conv/Gemm/MatMul with a constant (or dequantized constant) weight.
+    """A Conv/ConvTranspose/Gemm/MatMul with a constant (or dequantized constant) weight.
 
     Attributes:
         graph, node, op: where it is.
@@ -72,7 +84,7 @@ class Layer:
             quantized layer the dequantized weight.
         b: float64 bias ``[M]`` (``beta`` folded in), or None when the layer
             has no bias input.
-        groups: number of groups (1 but for grouped Conv).
+        groups: number of groups (1 but for grouped Conv/ConvTranspose).
         add: the bias ``Add`` node of a MatMul layer, and which input is the bias.
         wq, bq: the DequantizeLinear producing the weight / bias, if quantized.
     """
@@ -102,23 +114,28 @@ class Layer:
     def out_channels(self) -> int:
         if self.op == "Conv":
             return int(self.w.shape[0])
+        if self.op == "ConvTranspose":
+            return int(self.w.shape[1]) * self.groups
         if self.op == "Gemm":
             return int(self.w.shape[0] if self.attrs.get("transB", 0) else self.w.shape[1])
         return int(self.w.shape[1])
 
     @property
     def in_features(self) -> int:
-        """Features per group (``D``): ``C/g * prod(k)`` for Conv, ``K`` else."""
+        """Features per group (``D``): ``C/g * prod(k)`` for Conv and
+        ConvTranspose, ``K`` else."""
         if self.op == "Conv":
             return int(math.prod(self.w.shape[1:]))
+        if self.op == "ConvTranspose":
+            return int(self.w.shape[0] // self.groups * math.prod(self.w.shape[2:]))
         if self.op == "Gemm":
             return int(self.w.shape[1] if self.attrs.get("transB", 0) else self.w.shape[0])
         return int(self.w.shape[0])
 
     @property
     def channel_axis(self) -> int:
-        """Channel axis of ``x`` and ``out``: 1 for Conv (NC...), -1 otherwise."""
-        return 1 if self.op == "Conv" else -1
+        """Channel axis of ``x`` and ``out``: 1 for Conv/ConvTranspose (NC...), -1 otherwise."""
+        return 1 if self.op in _CONV_OPS else -1
 
     # ------------------------------------------------------------ layouts
     def rows(self, w: np.ndarray | None = None) -> np.ndarray:
@@ -127,6 +144,12 @@ class Layer:
         if self.op == "Conv":
             m = w.shape[0]
             return w.reshape(self.groups, m // self.groups, -1)
+        if self.op == "ConvTranspose":
+            nd = w.ndim - 2
+            c, mg = w.shape[:2]
+            wg = w.reshape((self.groups, c // self.groups) + w.shape[1:])  # [g, C/g, Mg, k...]
+            wg = np.flip(np.swapaxes(wg, 1, 2), axis=tuple(range(3, 3 + nd)))  # [g, Mg, C/g, k...] flipped
+            return np.ascontiguousarray(wg).reshape(self.groups, mg, -1)
         if self.op == "Gemm" and self.attrs.get("transB", 0):
             return w[None]
         return w.T[None]
@@ -135,15 +158,22 @@ class Layer:
         """Inverse of :meth:`rows`: node layout of ``rows`` ``[groups, Mg, D]``."""
         if self.op == "Conv":
             return rows.reshape(self.w.shape)
+        if self.op == "ConvTranspose":
+            shape = self.w.shape
+            nd = len(shape) - 2
+            g = self.groups
+            wg = rows.reshape((g, shape[1], shape[0] // g) + tuple(shape[2:]))  # [g, Mg, C/g, k...] flipped
+            wg = np.swapaxes(np.flip(wg, axis=tuple(range(3, 3 + nd))), 1, 2)  # [g, C/g, Mg, k...]
+            return np.ascontiguousarray(wg).reshape(shape)
         if self.op == "Gemm" and self.attrs.get("transB", 0):
             return rows[0]
         return rows[0].T
 
     def feature_channels(self) -> np.ndarray:
         """int ``[groups, D]``: the input channel of ``x`` that each feature reads."""
-        if self.op != "Conv":
+        if self.op not in _CONV_OPS:
             return np.arange(self.in_features)[None]
-        cg = self.w.shape[1]
+        cg = self.w.shape[1] if self.op == "Conv" else self.w.shape[0] // self.groups
         k = int(math.prod(self.w.shape[2:]))
         per = np.repeat(np.arange(cg), k)
         return np.stack([g * cg + per for g in range(self.groups)])
@@ -222,7 +252,8 @@ def find_layers(
 
     Args:
         model: the model.
-        op_types: which of Conv/Gemm/MatMul to consider.
+        op_types: which of Conv/ConvTranspose/Gemm/MatMul to consider
+            (default: not ConvTranspose).
         quantized: also return layers whose weight is a DequantizeLinear.
 
     Returns:
@@ -285,6 +316,27 @@ def _layer(model: Model, g: gs.Graph, node: gs.Node, outputs: set[int], quantize
             if got_b is None or got_b[0].shape != (w.shape[0],):
                 raise _Skip("the bias is not a constant [M]")
             b, bq = got_b
+    elif op == "ConvTranspose":
+        if w.ndim < 3:
+            raise _Skip("ConvTranspose weight rank < 3")
+        groups = int(node.attrs.get("group", 1))
+        if groups < 1 or w.shape[0] % groups:
+            raise _Skip("input channels not divisible by group")
+        auto = node.attrs.get("auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else (auto or "NOTSET")
+        if auto not in ("NOTSET", "VALID"):
+            raise _Skip(f"auto_pad={auto}")
+        if "output_shape" in node.attrs:
+            raise _Skip("output_shape given")
+        for k in ("strides", "dilations", "pads", "output_padding", "kernel_shape"):
+            if k in node.attrs:
+                attrs[k] = node.attrs[k]
+        attrs["auto_pad"] = auto
+        if bias_t is not None:
+            got_b = _weight(model, bias_t, "b")
+            if got_b is None or got_b[0].shape != (w.shape[1] * groups,):
+                raise _Skip("the bias is not a constant [M]")
+            b, bq = got_b
     elif op == "Gemm":
         if int(node.attrs.get("transA", 0)):
             raise _Skip("transA=1")
@@ -345,22 +397,9 @@ def _conv_pads(layer: Layer, spatial: tuple[int, ...], kernel: tuple[int, ...], 
     return [(int(p[i]), int(p[i + nd])) for i in range(nd)]
 
 
-def im2col(layer: Layer, x: np.ndarray) -> np.ndarray:
-    """Input feature rows of one sample: ``[rows, groups, D]`` (float64).
-
-    Rows are in the order of :func:`output_rows` of the layer's output: batch,
-    then output positions (Conv) or leading dims (MatMul/Gemm).
-    """
-    x = np.asarray(x)
-    if layer.op != "Conv":
-        return x.reshape(-1, 1, x.shape[-1]).astype(np.float64, copy=False)
-    w = layer.w
-    nd = w.ndim - 2
-    kernel = tuple(int(k) for k in w.shape[2:])
-    strides = tuple(int(s) for s in layer.attrs.get("strides", [1] * nd))
-    dil = tuple(int(d) for d in layer.attrs.get("dilations", [1] * nd))
-    pads = _conv_pads(layer, tuple(x.shape[2:]), kernel, strides, dil)
-    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+def _windows(xp: np.ndarray, kernel: tuple[int, ...], strides, dil, groups: int) -> np.ndarray:
+    """Patches ``[rows, groups, C/g * prod(k)]`` of an already padded ``xp [N, C, ...]``."""
+    nd = len(kernel)
     if all(k == 1 for k in kernel):
         sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
         win = xp[sl].reshape(xp[sl].shape + (1,) * nd)
@@ -372,16 +411,58 @@ def im2col(layer: Layer, x: np.ndarray) -> np.ndarray:
         )
         win = win[sl]
     # win: [N, C, out..., k...] -> [N, out..., C, k...]
-    n, c = win.shape[:2]
+    c = win.shape[1]
     perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
     cols = np.transpose(win, perm).astype(np.float64)
-    return cols.reshape(-1, layer.groups, (c // layer.groups) * math.prod(kernel))
+    return cols.reshape(-1, groups, (c // groups) * math.prod(kernel))
+
+
+def _transposed_input(layer: Layer, x: np.ndarray, kernel: tuple[int, ...], strides, dil) -> np.ndarray:
+    """The input of the stride-1 Conv equal to ``layer`` (a ConvTranspose): ``x``
+    with ``stride - 1`` zeros between samples, padded by ``d (k - 1) - pad_begin``
+    and ``d (k - 1) - pad_end + output_padding`` (cropped where negative)."""
+    nd = len(kernel)
+    p = [int(v) for v in layer.attrs.get("pads", [0] * (2 * nd))]
+    if layer.attrs.get("auto_pad", "NOTSET") == "VALID":
+        p = [0] * (2 * nd)
+    op = [int(v) for v in layer.attrs.get("output_padding", [0] * nd)]
+    size = tuple((n - 1) * s + 1 for n, s in zip(x.shape[2:], strides))
+    xu = np.zeros(x.shape[:2] + size, dtype=np.float64)
+    xu[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)] = x
+    before = [d * (k - 1) - p[i] for i, (k, d) in enumerate(zip(kernel, dil))]
+    after = [d * (k - 1) - p[i + nd] + op[i] for i, (k, d) in enumerate(zip(kernel, dil))]
+    xu = np.pad(xu, [(0, 0), (0, 0)] + [(max(a, 0), max(b, 0)) for a, b in zip(before, after)])
+    crop = tuple(slice(max(-a, 0), xu.shape[2 + i] - max(-b, 0)) for i, (a, b) in enumerate(zip(before, after)))
+    return xu[(slice(None), slice(None)) + crop]
+
+
+def im2col(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """Input feature rows of one sample: ``[rows, groups, D]`` (float64).
+
+    Rows are in the order of :func:`output_rows` of the layer's output: batch,
+    then output positions (Conv, ConvTranspose) or leading dims (MatMul/Gemm).
+    A ConvTranspose is unfolded as its equivalent stride-1 Conv (see the module
+    docstring); its features match :meth:`Layer.rows`.
+    """
+    x = np.asarray(x)
+    if layer.op not in _CONV_OPS:
+        return x.reshape(-1, 1, x.shape[-1]).astype(np.float64, copy=False)
+    w = layer.w
+    nd = w.ndim - 2
+    kernel = tuple(int(k) for k in w.shape[2:])
+    strides = tuple(int(s) for s in layer.attrs.get("strides", [1] * nd))
+    dil = tuple(int(d) for d in layer.attrs.get("dilations", [1] * nd))
+    if layer.op == "ConvTranspose":
+        return _windows(_transposed_input(layer, x, kernel, strides, dil), kernel, (1,) * nd, dil, layer.groups)
+    pads = _conv_pads(layer, tuple(x.shape[2:]), kernel, strides, dil)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    return _windows(xp, kernel, strides, dil, layer.groups)
 
 
 def output_rows(layer: Layer, y: np.ndarray) -> np.ndarray:
     """A layer output (student or teacher) as ``[rows, M]`` float64."""
     y = np.asarray(y, dtype=np.float64)
-    if layer.op == "Conv":
+    if layer.op in _CONV_OPS:
         return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     return y.reshape(-1, y.shape[-1])
 

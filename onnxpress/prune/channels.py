@@ -4,7 +4,7 @@ everything that depends on them, so the graph really shrinks.
 
 The dependency groups come from :mod:`onnxpress.prune.depgraph` (DepGraph,
 Fang et al. 2023, on ONNX). In each group the channel classes are ranked by
-importance and the least important ``ratio`` of them are removed:
+importance and the least important of them are removed:
 
 * ``importance="l1"`` / ``"l2"``: the L1 / L2 norm of each channel's filter
   (weight slice of its producing layer), normalized by the layer's mean norm and
@@ -18,16 +18,48 @@ importance and the least important ``ratio`` of them are removed:
   normalized per consumer and summed; classes that reach no consumer fall back
   to the filter norm.
 
-``ratio`` applies to every group; ``layer_ratios`` (by the producing node's name)
-overrides it for the groups holding that layer (the smallest ratio of the group
-wins). The kept count is rounded up to a multiple of ``round_to`` and is never 0:
-a layer with one channel keeps it, and so does every tensor.
+How many channels each group loses is set by ``allocation``:
+
+* ``"uniform"`` (default): ``ratio`` of every group; ``layer_ratios`` (by the
+  producing node's name) overrides it for the groups holding that layer (the
+  smallest ratio of the group wins);
+* ``"global"``: ``ratio`` is the fraction of all prunable channel classes of
+  the model removed (``budget="channels"``; with ``budget="macs"``: as many
+  first-order MACs as the uniform allocation at ``ratio`` removes, see
+  :func:`class_macs`, with the layer shapes of a run on the first calibration
+  sample when there is one), shared out between groups, no group losing more than
+  ``max_ratio`` of its channels (``layer_ratios`` then caps the groups of those
+  layers). How it is shared is set by ``global_criterion``:
+
+  - ``"sensitivity"`` (needs calibration data): each group is pruned alone, by
+    ``k * sensitivity_step`` of its channels (``k = 1, 2, ...`` up to
+    ``max_ratio``, and ``max_ratio`` itself; the least important first, as
+    ranked by ``importance``), on
+    ``sensitivity_samples`` calibration samples, and the output error of the
+    model is measured (the noise energy ``sum (y - y_ref)^2 / sum y_ref^2``
+    over the outputs); the removed channels are applied as 0/1 masks on the
+    inputs of the layers that read them (one onnxruntime session for all
+    trials; removing a channel is feeding its readers zeros). Then, greedily,
+    the group step with the least added error per removed channel (or per
+    removed MAC) is taken until the budget is met, the last step cut to the
+    channels still needed (the layer-wise sensitivity analysis of Li et al.
+    2017, with a global budget instead of a hand-set ratio per layer). The
+    trials cost ``sensitivity_samples`` model runs per level and group (on
+    PP-OCRv4 det, 36 groups: about 200 trials);
+  - ``"importance"``: no data beyond what ``importance`` needs; every class's
+    score is divided by the mean score of its group (so scores compare between
+    groups) and the lowest scores of the whole model are removed.
+
+The kept count of a group is rounded up to a multiple of ``round_to`` and is
+never 0: a layer with one channel keeps it, and so does every tensor.
 
 Stats (numbers only): ``groups``, ``groups_pruned``, ``groups_skipped``,
 ``groups_partially_pinned``, ``channels_removed``, ``macs_before``,
 ``macs_after``, ``params_before``, ``params_after``, ``pruned_layers``,
-``removed.<group>`` (channels removed per group) and ``skipped.<reason>``
-(groups left whole, per reason). The pass's ``report`` attribute (and
+``removed.<group>`` (channels removed per group), ``prunable`` (prunable
+classes of the model), ``sensitivity_trials`` (trials of the global
+sensitivity allocation) and ``skipped.<reason>`` (groups left whole, per
+reason). The pass's ``report`` attribute (and
 ``ctx.options["prune_report"]``) lists ``(group, reason)`` for every group kept
 whole or partly pinned, and for every not-understood dependency that touched no
 group (group ``"-"``).
@@ -59,11 +91,13 @@ from ..graph import Model, NameGenerator, infer_shapes, model_stats
 from ..passes.base import Context, Pass, PassResult, register
 from .depgraph import DepGraph, Group, build_depgraph
 
-__all__ = ["PruneChannels", "PrunedLayer", "channel_importance"]
+__all__ = ["PruneChannels", "PrunedLayer", "channel_importance", "class_macs", "group_sensitivity"]
 
 logger = logging.getLogger(__name__)
 
 _IMPORTANCE = ("l1", "l2", "activation")
+_ALLOCATION = ("uniform", "global")
+_CRITERIA = ("sensitivity", "importance")
 
 
 class PrunedLayer(NamedTuple):
@@ -147,6 +181,160 @@ def channel_importance(
     return score
 
 
+def class_macs(dg: DepGraph, shapes: dict) -> dict[int, float]:
+    """First-order MACs of every channel class of ``dg`` (root -> MACs): for
+    each producing layer, its MACs per output channel times the class's output
+    channels; for each consuming layer, its MACs per input channel times the
+    class's positions in its input (shapes from
+    :func:`~onnxpress.graph.infer_shapes`, symbolic dims counted as 1)."""
+    from ..graph.stats import node_macs
+
+    out: dict[int, float] = {}
+    for src in dg.sources:
+        macs = node_macs(src.node, shapes) or 0
+        roots = dg.roots(src.ids)
+        per = macs / max(len(roots) * src.tiles, 1)
+        for r in roots.tolist():
+            out[r] = out.get(r, 0.0) + per * src.tiles
+    for sink in dg.sinks:
+        a = dg.ann.get(sink.input)
+        if a is None:
+            continue
+        macs = node_macs(sink.node, shapes) or 0
+        roots = dg.roots(a.ids)
+        per = macs / max(len(roots), 1)
+        for r in roots.tolist():
+            out[r] = out.get(r, 0.0) + per
+    return out
+
+
+def _run_shapes(model: Model, dg: DepGraph, calibration: Any) -> dict:
+    """Shapes of the inputs and outputs of every source and sink layer of ``dg``
+    when ``model`` runs on the first calibration sample (name -> TensorType)."""
+    from ..graph import TensorType
+    from ..runtime_check.compare import make_session
+
+    proto = model.to_proto()
+    have = {o.name for o in proto.graph.output}
+    inputs = {i.name for i in proto.graph.input}
+    consts = {i.name for i in proto.graph.initializer}
+    names: list[str] = []
+    for node in [s.node for s in dg.sources] + [s.node for s in dg.sinks]:
+        for t in (node.inputs[0], node.outputs[0]):
+            if t.name and t.name not in consts and t.name not in names:
+                names.append(t.name)
+    for n in names:
+        if n not in have and n not in inputs:
+            proto.graph.output.add().name = n
+    feed = next(iter(_limited(calibration, 1)), None)
+    if feed is None:
+        return {}
+    sess = make_session(proto, "disabled", threads=0)
+    fetch = [n for n in names if n not in inputs]
+    values = dict(zip(fetch, sess.run(fetch, {k: v for k, v in feed.items() if k in inputs})))
+    values.update({n: feed[n] for n in names if n in inputs and n in feed})
+    return {n: TensorType(np.asarray(v).dtype, tuple(int(d) for d in np.shape(v))) for n, v in values.items()}
+
+
+def group_sensitivity(
+    dg: DepGraph,
+    orders: list[list[int]],
+    levels: list[list[int]],
+    model: Model,
+    calibration: Any,
+    samples: int = 2,
+) -> list[list[float]]:
+    """Output error of ``model`` when one group at a time loses channels.
+
+    For group ``i`` and level ``k``, the classes ``orders[i][:levels[i][k]]``
+    are removed (as 0/1 masks on the inputs of every layer and channel
+    reduction reading them, fed as extra graph inputs of one onnxruntime
+    session) and the model runs on the first ``samples`` calibration samples.
+
+    Args:
+        dg: the dependency graph of ``model`` (not modified).
+        orders: per group of ``dg.groups``, its prunable classes, least important first.
+        levels: per group, increasing counts of removed classes, starting at 0.
+        model: the model.
+        calibration: an iterable of feed dicts.
+        samples: calibration samples per trial.
+
+    Returns:
+        Per group and level, the relative noise energy of the float outputs,
+        ``sum (y - y_ref)^2 / sum y_ref^2`` (float; 0.0 at level 0).
+    """
+    from onnx import TensorProto, helper
+
+    from ..runtime_check.compare import make_session
+
+    proto = model.to_proto()
+    readers: dict[str, list[str]] = {}  # tensor -> output names of the nodes that consume its channels
+    for node, name in [(s.node, s.input) for s in dg.sinks] + list(dg.reductions):
+        if node.outputs and name in dg.ann:
+            readers.setdefault(name, []).append(node.outputs[0].name)
+    graph = proto.graph
+    by_out = {n.output[0]: n for n in graph.node if n.output}
+    mask_inputs: dict[str, tuple[str, tuple[int, ...]]] = {}
+    new_nodes = []
+    muls: dict[int, list] = {}
+    for k, (name, outs) in enumerate(readers.items()):
+        shape = dg.shapes.get(name)
+        rank = len(shape.shape) if shape is not None and shape.shape is not None else None
+        if rank is None:
+            continue
+        ann = dg.ann[name]
+        mshape = [1] * rank
+        mshape[ann.axis] = len(ann.ids)
+        m_in, masked = f"__prune_mask{k}", f"{name}__prune_masked{k}"
+        mask_inputs[name] = (m_in, tuple(mshape))
+        graph.input.append(helper.make_tensor_value_info(m_in, TensorProto.FLOAT, mshape))
+        for o in outs:
+            node = by_out.get(o)
+            if node is None:
+                continue
+            for i, t in enumerate(node.input):
+                if t == name:
+                    node.input[i] = masked
+            muls.setdefault(id(node), []).append(helper.make_node("Mul", [name, m_in], [masked]))
+    seen: set[str] = set()
+    for node in graph.node:
+        for mul in muls.get(id(node), []):
+            if mul.output[0] not in seen:
+                seen.add(mul.output[0])
+                new_nodes.append(mul)
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    sess = make_session(proto, "enabled", threads=0)
+    feeds = [dict(f) for f in _limited(calibration, samples)]
+    ones = {m: np.ones(shape, np.float32) for m, shape in mask_inputs.values()}
+    wanted = {i.name for i in sess.get_inputs()}
+
+    def run(masks: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+        return [sess.run(None, {**{k: v for k, v in f.items() if k in wanted}, **masks}) for f in feeds]
+
+    ref = run(ones)
+    signal = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for ys in ref for y in ys if np.asarray(y).dtype.kind == "f")
+    out: list[list[float]] = []
+    for order, lv in zip(orders, levels):
+        errs = [0.0]
+        for count in lv[1:]:
+            gone = np.array(order[:count], dtype=np.int64)
+            masks = dict(ones)
+            for name, (m_in, shape) in mask_inputs.items():
+                keep = ~np.isin(dg.roots(dg.ann[name].ids), gone)
+                if not keep.all():
+                    masks[m_in] = keep.astype(np.float32).reshape(shape)
+            got = run(masks)
+            noise = sum(
+                float(np.sum((np.asarray(r, np.float64) - g) ** 2))
+                for rs, gs_ in zip(ref, got) for r, g in zip(rs, gs_) if np.asarray(r).dtype.kind == "f"
+            )
+            errs.append(noise / max(signal, 1e-300))
+        out.append(errs)
+    return out
+
+
 class _limited:
     """The first ``n`` samples of a re-iterable calibration source."""
 
@@ -167,14 +355,33 @@ class PruneChannels(Pass):
     (see the module docstring).
 
     Options:
-        ratio: fraction of the channels of each group to remove, in [0, 1).
+        ratio: fraction of the channels to remove, in [0, 1): of each group
+            (``allocation="uniform"``) or of all prunable channels of the
+            model (``"global"``).
         layer_ratios: ratio per producing node name (overrides ``ratio`` for
-            its group; the smallest ratio in a group wins).
+            its group, the smallest ratio in a group wins; with ``"global"``:
+            caps the group's ratio).
         importance: ``"l1"``, ``"l2"`` (filter norms) or ``"activation"``
-            (needs calibration data).
+            (needs calibration data): which channels of a group go first.
+        allocation: ``"uniform"`` or ``"global"`` (see the module docstring).
+        global_criterion: ``"sensitivity"`` (measured output error per group;
+            needs calibration data) or ``"importance"`` (scores normalized per
+            group), for ``allocation="global"``.
+        max_ratio: largest fraction of a group's channels removed by
+            ``"global"``, in (0, 1).
+        sensitivity_step: ratio step of the per-group sensitivity trials.
+        sensitivity_samples: calibration samples per sensitivity trial.
+        budget: what ``"global"`` counts: ``"channels"`` (``ratio`` of the
+            prunable classes) or ``"macs"`` (the MACs the uniform allocation
+            at ``ratio`` would remove, to first order: each class costs the
+            MACs of the output channels and input channels it stands for).
         round_to: the kept channel count of a group is a multiple of this
             (e.g. 4, 8, 16), rounded up.
         calibration_limit: calibration samples used by ``"activation"``.
+
+    Raises:
+        InputError: (from ``run``) an option out of range, or an
+            importance/criterion that needs calibration data without it.
     """
 
     name = "prune-channels"
@@ -184,6 +391,12 @@ class PruneChannels(Pass):
     ratio: float = 0.3
     layer_ratios: dict[str, float] = field(default_factory=dict)
     importance: str = "l1"
+    allocation: str = "uniform"
+    global_criterion: str = "sensitivity"
+    max_ratio: float = 0.6
+    sensitivity_step: float = 0.1
+    sensitivity_samples: int = 2
+    budget: str = "channels"
     round_to: int = 1
     calibration_limit: int = 32
 
@@ -198,6 +411,18 @@ class PruneChannels(Pass):
             raise InputError(f"prune-channels: round_to must be >= 1, got {self.round_to}")
         if self.importance not in _IMPORTANCE:
             raise InputError(f"prune-channels: importance must be one of {_IMPORTANCE}, got {self.importance!r}")
+        if self.allocation not in _ALLOCATION:
+            raise InputError(f"prune-channels: allocation must be one of {_ALLOCATION}, got {self.allocation!r}")
+        if self.global_criterion not in _CRITERIA:
+            raise InputError(f"prune-channels: global_criterion must be one of {_CRITERIA}, got {self.global_criterion!r}")
+        if not (0.0 < float(self.max_ratio) < 1.0):
+            raise InputError(f"prune-channels: max_ratio must be in (0, 1), got {self.max_ratio}")
+        if not (0.0 < float(self.sensitivity_step) <= float(self.max_ratio)):
+            raise InputError(f"prune-channels: sensitivity_step must be in (0, max_ratio], got {self.sensitivity_step}")
+        if self.budget not in ("channels", "macs"):
+            raise InputError(f"prune-channels: budget must be 'channels' or 'macs', got {self.budget!r}")
+        if int(self.sensitivity_samples) < 1:
+            raise InputError(f"prune-channels: sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
 
     def _group_ratio(self, group: Group) -> float:
         given = [float(self.layer_ratios[s.node.name]) for s in group.sources if s.node.name in self.layer_ratios]
@@ -214,9 +439,12 @@ class PruneChannels(Pass):
         before = model_stats(model, shapes)
         dg = build_depgraph(model, shapes)
         score = channel_importance(dg, self.importance, model, ctx.calibration, self.calibration_limit)
-        removed = self._select(dg, score)
-        removed = dg.restore_empty(removed, score)
         stats: dict[str, int | float] = {}
+        if self.allocation == "global":
+            removed = self._select_global(dg, score, model, ctx, stats, shapes)
+        else:
+            removed = self._select(dg, score)
+        removed = dg.restore_empty(removed, score)
         skipped: dict[str, int] = {}
         pruned_groups = partial = 0
         total_removed = 0
@@ -267,6 +495,7 @@ class PruneChannels(Pass):
             params_before=before.params,
             params_after=after.params,
             pruned_layers=len(pruned_layers),
+            prunable=sum(len(g.prunable) for g in dg.groups),
         )
         for why, n in sorted(skipped.items()):
             k = f"skipped.{_key(why)}"
@@ -295,6 +524,115 @@ class PruneChannels(Pass):
             prunable = group.prunable.tolist()
             order = sorted(prunable, key=lambda r: (score.get(r, 0.0), r))
             removed.update(order[: min(n - keep, len(prunable))])
+        return removed
+
+    def _keep_count(self, n: int, ratio: float) -> int:
+        """Channels a group of ``n`` keeps at ``ratio`` (rounded up to ``round_to``, >= 1)."""
+        keep = n - math.floor(ratio * n + 1e-9)
+        step = int(self.round_to)
+        if step > 1:
+            keep = math.ceil(keep / step) * step
+        return min(max(keep, 1), n)
+
+    def _levels(self, group: Group) -> list[int]:
+        """Channels removed at each global level ``k * sensitivity_step`` (k = 0, 1, ...),
+        capped by ``max_ratio`` (and ``layer_ratios``) and the prunable count; distinct, increasing."""
+        n = len(group.classes)
+        cap = min(float(self.max_ratio), self._group_ratio(group) if any(
+            s.node.name in self.layer_ratios for s in group.sources) else 1.0)
+        limit = min(n - self._keep_count(n, cap), len(group.prunable))
+        out = [0]
+        k = 1
+        while k * float(self.sensitivity_step) <= cap + 1e-9:
+            r = n - self._keep_count(n, k * float(self.sensitivity_step))
+            r = min(r, limit)
+            if r > out[-1]:
+                out.append(r)
+            k += 1
+        if limit > out[-1]:
+            out.append(limit)
+        return out
+
+    def _select_global(
+        self, dg: DepGraph, score: dict[int, float], model: Model, ctx: Context, stats: dict, shapes: dict
+    ) -> set[int]:
+        """Share the budget out between groups (see the module docstring)."""
+        orders = [sorted(g.prunable.tolist(), key=lambda r: (score.get(r, 0.0), r)) for g in dg.groups]
+        levels = [self._levels(g) for g in dg.groups]
+        if self.budget == "macs":
+            if ctx.calibration is not None:  # the shapes of a real run: symbolic dims (H, W) matter
+                shapes = {**shapes, **_run_shapes(model, dg, ctx.calibration)}
+            cost = class_macs(dg, shapes)
+            uniform = self._select(dg, score)
+            budget = float(sum(cost.get(r, 0.0) for r in uniform))
+        else:
+            cost = {}
+            budget = float(round(float(self.ratio) * sum(len(g.prunable) for g in dg.groups)))
+        weigh = (lambda rs: float(sum(cost.get(r, 0.0) for r in rs))) if self.budget == "macs" else (lambda rs: float(len(rs)))
+        if budget <= 0:
+            return set()
+        if self.global_criterion == "importance":
+            cand = []
+            for gi, (g, order) in enumerate(zip(dg.groups, orders)):
+                vals = np.array([score.get(r, 0.0) for r in g.prunable.tolist()])
+                mean = float(vals.mean()) if vals.size else 0.0
+                for pos, r in enumerate(order[: levels[gi][-1]]):
+                    cand.append((score.get(r, 0.0) / mean if mean > 0 else 0.0, gi, pos, r))
+            cand.sort()
+            count = [0] * len(dg.groups)
+            done = 0.0
+            for _, gi, pos, r in cand:
+                if done >= budget:
+                    break
+                count[gi] = max(count[gi], pos + 1)
+                done += weigh([r])
+            for gi, g in enumerate(dg.groups):  # snap down to the rounding grid
+                n = len(g.classes)
+                count[gi] = min(count[gi], n - self._keep_count(n, count[gi] / n))
+        else:
+            if ctx.calibration is None:
+                raise InputError(
+                    "prune-channels: allocation='global' with global_criterion='sensitivity' needs calibration data (--calib)"
+                )
+            errors = group_sensitivity(dg, orders, levels, model, ctx.calibration, int(self.sensitivity_samples))
+            stats["sensitivity_trials"] = sum(len(lv) - 1 for lv in levels)
+            state = [0] * len(dg.groups)
+            done = 0.0
+            while done < budget:
+                best = None
+                for gi, lv in enumerate(levels):
+                    k = state[gi]
+                    if k + 1 >= len(lv):
+                        continue
+                    size = weigh(orders[gi][lv[k] : lv[k + 1]])
+                    c = max(errors[gi][k + 1] - errors[gi][k], 0.0) / max(size, 1e-12)
+                    if best is None or c < best[0]:
+                        best = (c, gi, size)
+                if best is None:
+                    break
+                gi = best[1]
+                if done + best[2] > budget:  # the last step: only the channels still needed
+                    lv, k = levels[gi], state[gi]
+                    extra = 0
+                    for r in orders[gi][lv[k] : lv[k + 1]]:
+                        if done >= budget:
+                            break
+                        done += weigh([r])
+                        extra += 1
+                    n = len(dg.groups[gi].classes)
+                    partial = lv[k] + extra
+                    partial = n - self._keep_count(n, partial / n)  # on the round_to grid
+                    levels[gi] = lv[: k + 1] + [partial] + lv[k + 1 :]
+                    state[gi] += 1
+                    break
+                done += best[2]
+                state[gi] += 1
+            count = [lv[k] for lv, k in zip(levels, state)]
+        removed: set[int] = set()
+        for gi, order in enumerate(orders):
+            removed.update(order[: count[gi]])
+            if count[gi]:
+                logger.debug("prune-channels: global: %s loses %d of %d", dg.groups[gi].name, count[gi], len(dg.groups[gi].classes))
         return removed
 
     def _record(self, dg: DepGraph, masks: dict[str, np.ndarray], model: Model) -> list[PrunedLayer]:

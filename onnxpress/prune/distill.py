@@ -2,7 +2,7 @@
 
 The teacher is the original model (``ctx.teacher``), the student the model
 being compressed. For every *compressed* linear layer of the student (a
-Conv, Gemm or MatMul; see :mod:`onnxpress.prune._layers`) the pass refits its
+Conv, ConvTranspose, Gemm or MatMul; see :mod:`onnxpress.prune._layers`) the pass refits its
 weight and bias so that, fed with the student's own input, the layer
 reproduces the teacher's output of the same tensor (He et al., "Channel
 Pruning for Accelerating Very Deep Neural Networks", ICCV 2017: least-squares
@@ -45,9 +45,12 @@ and error reports, per-channel sums of student and teacher outputs and their
 products. The teacher runs in its own onnxruntime session, one sample ahead of
 the student's :func:`~onnxpress.calibration.capture` run, so only one
 sample's activations are held. Conv features are im2col patches (any kernel,
-stride, dilation, padding; grouped convs solve each group); a layer with more
-than ``max_features`` features per group is not refit (reported). ConvTranspose
-layers are not refit.
+stride, dilation, padding; grouped convs solve each group); a ConvTranspose
+is unfolded as the stride-1 Conv of its zero-upsampled input with the kernel
+flipped (weight ``[C, M/g, k...]``; strides, dilations, pads and
+``output_padding`` honoured; ``auto_pad=SAME_*`` and ``output_shape`` are not
+recognized), so it is refit like a Conv. A layer with more than
+``max_features`` features per group is not refit (reported).
 
 The solve is ridge regression pulled toward the current weight ``W0``:
 ``(A^T A + lambda I) W = A^T Y + lambda W0`` with ``lambda = r *
@@ -101,7 +104,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError
 from ..graph import Model
 from ..passes.base import Context, Pass, PassResult, register
-from ._layers import Layer, QuantInfo, find_layers, im2col, limited, output_rows
+from ._layers import ALL_LINEAR_OPS, Layer, QuantInfo, find_layers, im2col, limited, output_rows
 
 __all__ = ["Distill", "GramStats", "OutputPair", "ridge_solve", "gptq_round", "snr_db"]
 
@@ -162,7 +165,9 @@ class GramStats:
     ``A = [features, 1]`` per group (``[rows, groups, D+1]``):
 
     Every ``holdout``-th sample (the 4th, 8th, ...; 0: none) is accumulated
-    apart, as validation data for choosing the ridge weight.
+    apart, as validation data for choosing the ridge weight. With ``max_rows``
+    (> 0), a sample with more rows (Conv output positions) contributes a
+    seeded random subset of ``max_rows`` of them.
 
     Attributes:
         parts: per part (0: fit, 1: validation) ``(ata, aty, yty)`` with
@@ -173,10 +178,12 @@ class GramStats:
         mismatch: a sample's teacher output did not match the layer's rows.
     """
 
-    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None], holdout: int = 0) -> None:
+    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None], holdout: int = 0, max_rows: int = 0) -> None:
         self.layer = layer
         self.teacher = teacher
         self.holdout = int(holdout)
+        self.max_rows = int(max_rows)
+        self._rng = np.random.default_rng(0)
         g = layer.groups
         d = layer.in_features
         mg = layer.out_channels // g
@@ -211,6 +218,9 @@ class GramStats:
         if yr.shape != (a.shape[0], layer.out_channels):
             self.mismatch = f"teacher output rows {yr.shape} do not match the layer ({a.shape[0]}, {layer.out_channels})"
             return
+        if self.max_rows and a.shape[0] > self.max_rows:  # a seeded random subset of the rows
+            idx = np.sort(self._rng.choice(a.shape[0], self.max_rows, replace=False))
+            a, yr = a[idx], yr[idx]
         rows, g, d = a.shape
         a = np.concatenate([a, np.ones((rows, g, 1))], axis=2)
         yg = yr.reshape(rows, g, -1)
@@ -461,6 +471,9 @@ class Distill(Pass):
         revert_if_worse: keep the best state seen (model output SNR on the
             calibration data) instead of the last one.
         calibration_limit: samples read per capture run (0: all).
+        max_rows: rows (output positions) per sample a layer's least-squares
+            statistics use, a seeded random subset (0: all); bounds the time
+            of high-resolution Conv layers.
     """
 
     name = "distill"
@@ -479,10 +492,11 @@ class Distill(Pass):
     all_layers: bool = False
     revert_if_worse: bool = True
     calibration_limit: int = 64
+    max_rows: int = 0
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         done: set[tuple[str, str]] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
-        layers, _ = find_layers(model)
+        layers, _ = find_layers(model, ALL_LINEAR_OPS)
         compressed = self._compressed_names(ctx)
         kept_out = {str(k): np.asarray(v, np.int64) for k, v in (ctx.options.get("pruned_channels") or {}).items()}
         compressed |= set(kept_out)
@@ -719,7 +733,8 @@ class Distill(Pass):
                 t.bias_pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out, t))
                 collectors.setdefault(t.layer.out.name, []).append(t.bias_pair)
             else:
-                t.gram = GramStats(t.layer, teacher_value(t.teacher_out, t), holdout=self.holdout if t.kind == "refit" else 0)
+                t.gram = GramStats(t.layer, teacher_value(t.teacher_out, t), holdout=self.holdout if t.kind == "refit" else 0,
+                                   max_rows=self.max_rows)
                 collectors.setdefault(t.layer.x.name, []).append(t.gram)
             t_names.append(t.teacher_out)
         if first:
@@ -773,7 +788,7 @@ class Distill(Pass):
             return False
         rows = layer.rows()  # [g, Mg, D]
         g, mg, d = rows.shape
-        has_bias = layer.b is not None or layer.op == "Conv" or (layer.op == "Gemm" and not layer.quantized)
+        has_bias = layer.b is not None or layer.op in ("Conv", "ConvTranspose") or (layer.op == "Gemm" and not layer.quantized)
         b0 = layer.b if layer.b is not None else np.zeros(layer.out_channels)
         w0 = np.concatenate([np.transpose(rows, (0, 2, 1)), b0.reshape(g, 1, mg)], axis=1)  # [g, D+1, Mg]
         q_new = None
@@ -963,7 +978,7 @@ def _row_quant(layer: Layer) -> tuple[np.ndarray, np.ndarray, int, int] | None:
     info = layer.wq
     m = layer.out_channels
     axis = info.axis
-    want = {"Gemm": 0 if layer.attrs.get("transB", 0) else 1, "MatMul": 1, "Conv": 0}[layer.op]
+    want = {"Gemm": 0 if layer.attrs.get("transB", 0) else 1, "MatMul": 1, "Conv": 0, "ConvTranspose": 1}[layer.op]
     s = np.asarray(info.scale, np.float64)
     z = np.asarray(info.zero_point, np.float64)
     if axis is None or s.ndim == 0 or s.size == 1:

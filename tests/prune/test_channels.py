@@ -138,3 +138,88 @@ def test_bundled_mnist_mlp_hidden_neurons(importance, ratio):
     print(f"MNIST MLP {importance} {ratio:.0%}: fp32 {fp32:.3f}, pruned {pruned:.3f}")
     assert fp32 == pytest.approx(0.941, abs=0.005)
     assert pruned >= MNIST_MIN[importance, ratio]
+
+
+# ------------------------------------------------------------------ global allocation
+@pytest.mark.parametrize(
+    "options",
+    [{"allocation": "layerwise"}, {"global_criterion": "hessian"}, {"max_ratio": 1.0}, {"max_ratio": 0.0},
+     {"budget": "flops"}, {"sensitivity_step": 0.0}, {"sensitivity_samples": 0}],
+)
+def test_bad_global_options_raise_input_error(options):
+    with pytest.raises(InputError):
+        prune(mlp(), **{"allocation": "global", "global_criterion": "importance", **options})
+
+
+def test_global_sensitivity_needs_calibration():
+    with pytest.raises(InputError, match="calibration"):
+        prune(mlp(), allocation="global")
+
+
+def _removed_per_group(result) -> dict[str, int]:
+    return {k[len("removed."):]: v for k, v in result.stats.items() if k.startswith("removed.")}
+
+
+@pytest.mark.parametrize("criterion", ["sensitivity", "importance"])
+def test_global_allocation_takes_the_harmless_channels_first(criterion):
+    """conv_a/conv_c (16 channels) and conv_b (8) have 4 and 2 all-zero channels;
+    conv_d is pinned by the output. 25% of the 24 prunable channels is exactly the
+    6 zero channels: both criteria must find them, so the output is unchanged."""
+    proto = residual(zero_a=(1, 5, 9, 13), zero_b=(2, 6))
+    calib = [feeds([1, 3, 8, 8], seed=i) for i in range(3)]
+    out, result, ctx, _ = prune(proto, ctx=Context(calibration=calib), ratio=0.25, allocation="global",
+                                global_criterion=criterion, max_ratio=0.5)
+    s = result.stats
+    assert s["prunable"] == 24 and s["channels_removed"] == 6
+    assert _removed_per_group(result) == {"conv_a_1_": 4, "conv_b": 2}
+    assert sorted(set(range(16)) - set(ctx.options["pruned_channels"]["conv_a"].tolist())) == [1, 5, 9, 13]
+    assert (criterion == "sensitivity") == ("sensitivity_trials" in s)
+    assert_exact(proto, out, calib[0])
+
+
+def test_global_allocation_respects_the_overall_fraction_and_the_cap():
+    """A chain of five convs of 8..32 channels: 30% of all prunable channels go,
+    no group loses more than max_ratio of its channels, the model stays valid and
+    runs; an unreachable budget stops at the caps."""
+    b = Builder(3)
+    x, cin = "x", 3
+    for i, c in enumerate((8, 32, 16, 24, 32)):
+        x, cin = b.op("Relu", [b.conv(x, f"conv{i}", cin, c)], f"relu{i}"), c
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(x, "head", cin, 4)], "gap")], "y")
+    proto = b.model([("x", [1, 3, 12, 12])], [y])
+    calib = [feeds([1, 3, 12, 12], seed=i) for i in range(4)]
+    sizes = {"conv0": 8, "conv1": 32, "conv2": 16, "conv3": 24, "conv4": 32}
+    for ratio, cap in ((0.3, 0.5), (0.3, 0.35), (0.6, 0.25)):
+        out, result, _, _ = prune(proto, ctx=Context(calibration=calib), ratio=ratio, allocation="global", max_ratio=cap)
+        removed = _removed_per_group(result)
+        assert result.stats["prunable"] == 112
+        for name, n in removed.items():
+            assert n <= int(cap * sizes[name] + 1e-9), (name, n, cap)
+        total = result.stats["channels_removed"]
+        budget, caps = round(ratio * 112), sum(int(cap * n + 1e-9) for n in sizes.values())
+        if budget <= caps:
+            assert total == budget  # the last step is cut to the channels still needed
+        else:
+            assert total == caps
+        for name, n in sizes.items():
+            assert weight(out, name).shape[0] == n - removed.get(name, 0)
+        y_ref, y_got = outputs(proto, calib[0])[0], outputs(out, calib[0], optimize=True)[0]
+        assert y_got.shape == y_ref.shape and np.isfinite(y_got).all()
+        print(f"global {ratio:.0%} cap {cap:.0%}: removed {removed}, MACs {result.stats['macs_after'] / result.stats['macs_before']:.3f}")
+
+
+def test_global_macs_budget_matches_uniform_macs():
+    """budget='macs': about the MACs the uniform allocation removes at the same ratio."""
+    b = Builder(4)
+    x, cin = "x", 3
+    for i, c in enumerate((16, 16, 32)):
+        x, cin = b.op("Relu", [b.conv(x, f"conv{i}", cin, c, strides=[1 + (i == 2)] * 2)], f"relu{i}"), c
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(x, "head", cin, 4)], "gap")], "y")
+    proto = b.model([("x", [1, 3, 16, 16])], [y])
+    calib = [feeds([1, 3, 16, 16], seed=i) for i in range(3)]
+    _, uni, _, _ = prune(proto, ratio=0.3)
+    _, glo, _, _ = prune(proto, ctx=Context(calibration=calib), ratio=0.3, allocation="global", budget="macs", max_ratio=0.6)
+    mu = uni.stats["macs_after"] / uni.stats["macs_before"]
+    mg = glo.stats["macs_after"] / glo.stats["macs_before"]
+    print(f"MACs after/before: uniform {mu:.3f}, global (macs budget) {mg:.3f}")
+    assert abs(mg - mu) < 0.12

@@ -263,3 +263,90 @@ def test_mnist_recipe_half_the_neurons_int8_within_one_point():
     assert got >= fp32 - 0.01, (fp32, got)
     ops = [n.op_type for n in result.model.graph.node]
     assert ops.count("QuantizeLinear") >= 2
+
+
+# ------------------------------------------------------------------ ConvTranspose
+def convtranspose_net(rng, c=8, group=1, k=3, stride=2, pads=(1, 0, 1, 1), output_padding=(1, 0), dilation=1):
+    """x [1, 3, 9, 8] -> Conv 3x3 -> Relu -> ConvTranspose(c -> 6) -> y."""
+    w1 = rng.standard_normal((c, 3, 3, 3)) / np.sqrt(27)
+    w2 = rng.standard_normal((c, 6 // group, k, k)) / np.sqrt(c * k * k / group)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("ConvTranspose", ["r1", "w2", "b2"], ["y"], name="ct", group=group, strides=[stride] * 2,
+                         pads=list(pads), output_padding=list(output_padding), dilations=[dilation] * 2),
+    ]
+    inits = [t(w1, "w1"), t(rng.standard_normal(c) * 0.1, "b1"), t(w2, "w2"), t(rng.standard_normal(6) * 0.1, "b2")]
+    return make_model(nodes, [("x", [1, 3, 9, 8])], ["y"], inits)
+
+
+CT_CASES = {
+    "k2s2": {"k": 2, "stride": 2, "pads": (0, 0, 0, 0), "output_padding": (0, 0)},  # PP-OCR det's DB head
+    "k3s2_pads_outpad": {"k": 3, "stride": 2, "pads": (1, 0, 1, 1), "output_padding": (1, 0)},
+    "k3s1_dil2_group2": {"k": 3, "stride": 1, "pads": (2, 1, 0, 2), "output_padding": (0, 0), "dilation": 2, "group": 2},
+    "k4s3_crop": {"k": 4, "stride": 3, "pads": (3, 1, 2, 0), "output_padding": (2, 1)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CT_CASES))
+def test_im2col_reproduces_convtranspose(rng, case):
+    from onnxpress.prune._layers import ALL_LINEAR_OPS
+
+    proto = convtranspose_net(rng, **CT_CASES[case])
+    layer = next(l for l in find_layers(load(proto), ALL_LINEAR_OPS)[0] if l.op == "ConvTranspose")
+    assert find_layers(load(proto))[0][-1].op == "Conv"  # not by default: prune-weights leaves it alone
+    x = rng.standard_normal((1, 8, 9, 8)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **{k: v for k, v in layer.node.attrs.items()})
+    single = make_model([node], [("x", [1, 8, 9, 8])], ["y"], [t(layer.w, "w"), t(layer.b, "b")])
+    y = run_ort(single, {"x": x})[0]
+    a = im2col(layer, x)
+    pred = np.einsum("rgd,gmd->rgm", a, layer.rows()).reshape(a.shape[0], -1) + layer.b
+    np.testing.assert_allclose(pred, output_rows(layer, y), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(layer.from_rows(layer.rows()), layer.w)
+
+
+@pytest.mark.parametrize("case", sorted(CT_CASES))
+def test_distill_refits_convtranspose_exactly(rng, case):
+    """The student is the teacher with the ConvTranspose's weight and bias
+    perturbed: it can represent the teacher, so the refit brings its output back
+    (differential in onnxruntime, graph optimizations disabled and enabled)."""
+    teacher = convtranspose_net(rng, **CT_CASES[case])
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    for init in student.graph.initializer:
+        if init.name in ("w2", "b2"):
+            v = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(t(v + 0.3 * rng.standard_normal(v.shape), init.name))
+    mk = lambda n: [{"x": rng.standard_normal((1, 3, 9, 8)).astype(np.float32)} for _ in range(n)]
+    calib, held = mk(12), mk(4)
+    ctx = Context(calibration=calib, teacher=teacher)
+    out, recs = run(student, ["distill"], ctx, distill={"layers": ["ct"], "ridge": 1e-9, "holdout": 0})
+    s = stats_of(recs, "distill")
+    assert s["layers_refit"] == 1 and s["layer_snr_db_after:ct"] > 80, s
+    for optimize in (False, True):
+        ref = [run_ort(teacher, f, optimize)[0] for f in held]
+        before = snr(ref, [run_ort(student, f, optimize)[0] for f in held])
+        after = snr(ref, [run_ort(out, f, optimize)[0] for f in held])
+        print(f"ConvTranspose {case} (ORT optimizations {optimize}): held-out SNR {before:.1f} -> {after:.1f} dB")
+        assert before < 20 and after > 80, (before, after)
+    w_out = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    ct = next(n for n in out.graph.node if n.name == "ct")
+    np.testing.assert_allclose(w_out[ct.input[1]], onnx.numpy_helper.to_array(next(i for i in teacher.graph.initializer if i.name == "w2")), atol=1e-3)
+
+
+def test_distill_refits_convtranspose_after_channel_pruning(rng):
+    """prune-channels removes conv1's output channels; the ConvTranspose reading
+    them is in ctx.options["pruned_layers"] and is refit (held-out error down)."""
+    teacher = convtranspose_net(rng, c=16, **CT_CASES["k2s2"])
+    mk = lambda n: [{"x": smooth_images(rng)[:, :, :9, :8].copy()} for _ in range(n)]
+    calib, held = mk(16), mk(8)
+    ctx = Context(calibration=calib, teacher=teacher)
+    pruned, _ = run(teacher, ["prune-channels"], ctx, prune_channels={"ratio": 0.5})
+    assert "ct" in {p[0] for p in ctx.options["pruned_layers"]}
+    out, recs = run(pruned, ["distill"], ctx)
+    s = stats_of(recs, "distill")
+    ref = outputs(teacher, held)
+    before, after = snr(ref, outputs(pruned, held)), snr(ref, outputs(out, held))
+    print(f"ConvTranspose after 50% channel pruning: held-out SNR {before:.2f} -> {after:.2f} dB; {s}")
+    assert "layer_snr_db_after:ct" in s and s["layer_snr_db_after:ct"] > s["layer_snr_db_before:ct"]
+    assert after > before + 3.0
