@@ -208,9 +208,10 @@ def optimize(
     )
     if needs_calibration and calibration is None:
         raise InputError(
-            f"recipe {rec.name!r} needs calibration data: pass calibration= (a folder of .npz feeds, "
-            "an .npz with a sample axis, 'module:function', a list of feed dicts, or 'random:N' for "
-            "smoke tests only), or choose a recipe without calibration, e.g. recipe='lossless'"
+            f"recipe {rec.name!r} needs calibration data: give --calib on the command line or "
+            "calibration= in Python (a folder of .npz feeds, an .npz with a sample axis, "
+            "'module:function', a list of feed dicts, or 'random:N' for smoke tests only), or choose "
+            "a recipe without calibration, e.g. lossless"
         )
     # A path's external data is left on disk (read by the passes one weight at a
     # time); the eager original is read only for the check.

@@ -845,10 +845,16 @@ def run_zoo(
 
     if jobs:
         logger.info("zoo: %d models to optimize (%d resumed) with recipe %r", len(jobs), len(records), rec.name)
+        n_workers = workers or (None if ray_address else os.cpu_count() or 1)
+        if latency_repeats > 0 and len(jobs) > 1 and (n_workers is None or n_workers > 1):
+            logger.warning(
+                "zoo: latency is timed while other workers run on the same CPUs, so before/after "
+                "timings can be skewed; use --workers 1 (or --latency-repeats 0) when timings matter"
+            )
         if ray_address:
             results = _run_ray(jobs, ray_address, workers, timeout)
         else:
-            results = _run_local(jobs, workers or os.cpu_count() or 1, timeout)
+            results = _run_local(jobs, n_workers, timeout)
         for job, r in results:
             try:
                 _commit(out, job, r)

@@ -152,7 +152,7 @@ def test_key_lines_dotted_and_quoted_keys():
 
 def test_optimize_defaults_to_edge_int8_and_asks_for_calibration():
     model, x, _ = load_demo()
-    with pytest.raises(InputError, match=r"recipe 'edge-int8' needs calibration data: pass calibration="):
+    with pytest.raises(InputError, match=r"recipe 'edge-int8' needs calibration data: give --calib on the command line or calibration= in Python"):
         onnxpress.optimize(model)
     result = onnxpress.optimize(model, calibration=[{"input": x[i : i + 8]} for i in range(0, 64, 8)], check=True)
     assert result.recipe.name == "edge-int8"
