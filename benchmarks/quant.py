@@ -267,6 +267,7 @@ def _child(tool: str, src: str, calib, dst: str, conn) -> None:
     out: dict = {"import_rss_bytes": _vm("VmRSS")}
     try:
         with tempfile.TemporaryDirectory(prefix="quantbench-") as tmp:
+            os.chdir(tmp)  # quant_pre_process writes scratch files into the working directory
             start = time.perf_counter()
             notes = TOOLS[tool](src, calib, dst, tmp)
             out.update(ok=True, seconds=time.perf_counter() - start, notes=notes)
