@@ -77,6 +77,9 @@ def node_macs(node: gs.Node, shapes: dict[str, TensorType]) -> int | None:
     """MACs of one Conv/ConvTranspose/Gemm/MatMul node, None if shapes are unknown,
     0 for other op types."""
     op = node.op
+    if op == "MatMulNBits" and node.domain == "com.microsoft":  # A [..., K] x packed B (K x N, 2-8 bits)
+        a = _shape_of(node.inputs[0], shapes)  # its output's shape is not inferred (contrib op)
+        return None if a is None else math.prod(a[:-1]) * int(node.attrs.get("K", 0)) * int(node.attrs.get("N", 0))
     if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in (None, "", "ai.onnx"):
         return 0
     ins = [_shape_of(t, shapes) if t.name else None for t in node.inputs]
@@ -116,17 +119,20 @@ def model_stats(model: Model, shapes: dict[str, TensorType] | None = None) -> Mo
     ops: Counter[str] = Counter()
     seen: set[int] = set()
 
-    def count_constant(t: gs.Constant) -> None:
+    def count_constant(t: gs.Constant, elements: int | None = None) -> None:
         if id(t) in seen:
             return
         seen.add(id(t))
         n = math.prod(t.shape) if t.shape is not None else 0
-        stats.params += int(n)
+        stats.params += int(n if elements is None else elements)
         stats.weight_bytes += _nbytes(int(n), t.dtype)
 
     for g in iter_graphs(model.graph):
         for node in g.nodes:
             ops[node.op if node.domain in (None, "", "ai.onnx") else f"{node.domain}:{node.op}"] += 1
+            if node.op == "MatMulNBits" and node.domain == "com.microsoft" and len(node.inputs) > 1:
+                if isinstance(node.inputs[1], gs.Constant):  # packed bytes hold K x N weights
+                    count_constant(node.inputs[1], int(node.attrs.get("K", 0)) * int(node.attrs.get("N", 0)))
             for t in node.inputs:
                 if isinstance(t, gs.Constant):
                     count_constant(t)
