@@ -6,23 +6,25 @@ between the outer graph and the subgraphs that capture it, and a tensor's
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, iter_graphs
+from ..graph import Model, constant_array, iter_graphs
 
 __all__ = [
-    "replace_uses",
-    "bypass_node",
-    "graph_output_names",
+    "NON_DETERMINISTIC_OPS",
+    "ONNX_DOMAINS",
     "all_graph_outputs",
+    "bypass_node",
+    "constant_value",
     "consumers",
+    "detach_graph",
+    "detach_subgraphs",
+    "graph_output_names",
     "optional_input",
     "producer",
     "remove_nodes",
-    "detach_graph",
-    "detach_subgraphs",
-    "ONNX_DOMAINS",
-    "NON_DETERMINISTIC_OPS",
+    "replace_uses",
 ]
 
 ONNX_DOMAINS = (None, "", "ai.onnx")
@@ -37,6 +39,30 @@ def optional_input(node: gs.Node, i: int) -> gs.Tensor | None:
     """Input ``i`` of ``node``, or None when absent or omitted (empty name)."""
     if i < len(node.inputs) and node.inputs[i].name:
         return node.inputs[i]
+    return None
+
+
+def constant_value(model: Model, t: gs.Tensor | None) -> np.ndarray | None:
+    """The value of an initializer or of a default-domain ``Constant`` node's output
+    (``value``, ``value_float(s)``, ``value_int(s)``), else None."""
+    if t is None:
+        return None
+    if model.is_constant(t):
+        return constant_array(t)
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None or node.op != "Constant" or node.domain not in ONNX_DOMAINS or node.outputs[0] is not t:
+        return None
+    value = node.attrs.get("value")
+    if isinstance(value, gs.Constant):
+        return constant_array(value)
+    for key, cast, dtype in (
+        ("value_float", float, np.float32), ("value_floats", float, np.float32),
+        ("value_int", int, np.int64), ("value_ints", int, np.int64),
+    ):
+        v = node.attrs.get(key)
+        if v is None or isinstance(v, gs.Node.AttributeRef):
+            continue
+        return np.array([cast(x) for x in v] if key.endswith("s") else cast(v), dtype=dtype)
     return None
 
 

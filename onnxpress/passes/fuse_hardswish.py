@@ -62,8 +62,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, NameGenerator, constant_array, iter_graphs
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs, optional_input
+from ..graph import Model, NameGenerator, iter_graphs
+from ._rewrite import ONNX_DOMAINS, all_graph_outputs, constant_value, optional_input
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["FuseHardSwish"]
@@ -155,21 +155,7 @@ class FuseHardSwish(Pass):
     # ------------------------------------------------------------- constants
     def _const(self, t: gs.Tensor | None) -> np.ndarray | None:
         """The value of an initializer or ``Constant`` node output, else None."""
-        if t is None:
-            return None
-        if self._model.is_constant(t):
-            return constant_array(t)
-        node = t.inputs[0] if len(t.inputs) == 1 else None
-        if node is None or node.op != "Constant" or node.domain not in ONNX_DOMAINS or node.outputs[0] is not t:
-            return None
-        value = node.attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return constant_array(value)
-        if "value_float" in node.attrs and not isinstance(node.attrs["value_float"], gs.Node.AttributeRef):
-            return np.array(float(node.attrs["value_float"]), dtype=np.float32)
-        if "value_floats" in node.attrs and not isinstance(node.attrs["value_floats"], gs.Node.AttributeRef):
-            return np.array([float(v) for v in node.attrs["value_floats"]], dtype=np.float32)
-        return None
+        return constant_value(self._model, t)
 
     def _rank(self, t: gs.Tensor) -> int | None:
         if self._model.is_constant(t):

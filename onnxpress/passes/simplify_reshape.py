@@ -55,8 +55,14 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Model, NameGenerator, TensorType, constant_array, iter_graphs
-from ._rewrite import ONNX_DOMAINS, all_graph_outputs, optional_input, remove_nodes
+from ..graph import Model, NameGenerator, TensorType, iter_graphs
+from ._rewrite import (
+    ONNX_DOMAINS,
+    all_graph_outputs,
+    constant_value,
+    optional_input,
+    remove_nodes,
+)
 from .base import Context, Pass, PassResult, register
 
 __all__ = ["SimplifyReshape"]
@@ -146,21 +152,7 @@ class SimplifyReshape(Pass):
 
     def _const(self, t: gs.Tensor | None) -> np.ndarray | None:
         """The value of an initializer or of a ``Constant`` node's output, else None."""
-        if t is None:
-            return None
-        if self._model.is_constant(t):
-            return constant_array(t)
-        node = t.inputs[0] if len(t.inputs) == 1 else None
-        if node is None or node.op != "Constant" or node.domain not in ONNX_DOMAINS or node.outputs[0] is not t:
-            return None
-        value = node.attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return constant_array(value)
-        if "value_int" in node.attrs and not isinstance(node.attrs["value_int"], gs.Node.AttributeRef):
-            return np.array(int(node.attrs["value_int"]), dtype=np.int64)
-        if "value_ints" in node.attrs and not isinstance(node.attrs["value_ints"], gs.Node.AttributeRef):
-            return np.array([int(v) for v in node.attrs["value_ints"]], dtype=np.int64)
-        return None
+        return constant_value(self._model, t)
 
     @staticmethod
     def _allowzero(node: gs.Node) -> int | None:
