@@ -38,6 +38,10 @@ with fp32 weights for every kept unit, the fewest kept units go back to fp32
 weights: ordered by their weight-only error (the output noise of that weight
 alone in int8) per weight element, the prefix is bisected on the written model.
 Otherwise they keep int8 weights and the budget is reported missed.
+With ``weight_only_rounding="gptq"`` the written trials' weight-only int8 weights
+of Gemm, 2-D MatMul and 1x1 Conv layers are GPTQ-rounded (Frantar et al. 2022,
+error compensation through the layer input's ``X^T X``), so the decision sees
+those weights (the simulation's weight gates stay round-to-nearest).
 
 Output error (:func:`output_error`): per model output, SNR in dB
 ``10 log10(sum ref^2 / sum (ref - got)^2)`` and cosine over all samples; the
