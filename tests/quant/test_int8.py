@@ -50,14 +50,17 @@ def _model(nodes, inputs, outputs, inits, opset=17):
     return m
 
 
-def _feeds(model, n, seed):
+def _feeds(model, n, seed, heavy_tailed: bool = False):
+    """``n`` seeded normal feeds; ``heavy_tailed``: times a log-normal factor (rare
+    large values: int8 activations lose SNR on them, int8 weights do not)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         f = {}
         for vi in model.graph.input:
             shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-            f[vi.name] = rng.normal(size=shape).astype(np.float32)
+            x = rng.normal(size=shape)
+            f[vi.name] = (x * np.exp(1.5 * rng.normal(size=shape)) if heavy_tailed else x).astype(np.float32)
         out.append(f)
     return out
 
@@ -598,17 +601,8 @@ def test_entropy_keeps_a_dense_negative_side_and_sparse_data():
 
 # ------------------------------------------- weight-only int8 for float layers
 def _heavy_tailed_feeds(model, n, seed):
-    """Activations with rare large values: int8 activations lose SNR on them, int8
-    weights do not (so the sensitivity budget keeps the layer float)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        f = {}
-        for vi in model.graph.input:
-            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-            f[vi.name] = (rng.normal(size=shape) * np.exp(1.5 * rng.normal(size=shape))).astype(np.float32)
-        out.append(f)
-    return out
+    """Activations with rare large values (so the sensitivity budget keeps the layer float)."""
+    return _feeds(model, n, seed, heavy_tailed=True)
 
 
 def _snr_on(fp32, q, feeds_list, optimize):
