@@ -52,12 +52,14 @@ through a DequantizeLinear and, unless said otherwise, its output goes through
   sensitivity budget, or not reached by the calibration data) still stores its
   weight as int8: symmetric ``[-127, 127]``, per output channel (Conv axis 0,
   ConvTranspose 1, Gemm 0/1 by ``transB``, MatMul the last axis of a constant B
-  or the second to last of a constant A), read through a ``DequantizeLinear``
-  feeding the *float* op; its activations get no Q/DQ. onnxruntime keeps that
-  DequantizeLinear in its optimized graph (its constant folding skips DQ), so the
-  weight is dequantized on every run. Layers the user excluded (``exclude_nodes``,
-  ``exclude_op_types``, not in ``op_types``) and those the target rules keep
-  float for speed (``depthwise``, ``conv_transpose``) keep fp32 weights.
+  or the second to last of a constant A), read through ``Mul(Cast(int8), scale)``
+  feeding the *float* op; its activations get no Q/DQ. onnxruntime folds that
+  Cast/Mul when it loads the model (it never folds a DequantizeLinear of a QDQ
+  model), so the float kernels stay as fast as with fp32 weights. Layers the
+  user excluded (``exclude_nodes``, ``exclude_op_types``, not in ``op_types``)
+  keep fp32 weights; those the target rules keep float for speed (``depthwise``,
+  ``conv_transpose``) get int8 weights unless the budget then needs more fp32
+  weights elsewhere.
 * ``embedding_tables="int8"``: a float initializer of at least
   ``embedding_min_elements`` elements read only as the data of ``Gather`` nodes
   (a word-embedding table) becomes int8, and only the gathered rows are
@@ -233,8 +235,8 @@ class QuantizeInt8(Pass):
     ``depthwise`` (depthwise Convs: auto is float on x86, where int8 depthwise is
     slower than onnxruntime's fp32 NCHWc kernel, int8 on arm64) and
     ``conv_transpose`` (auto is float: the CPU EP has no int8 ConvTranspose
-    kernel). Those nodes keep fp32 weights; the report and the ``float_*`` stats
-    give the reason.
+    kernel). The report and the ``float_*`` stats give the reason; with
+    ``float_layer_weights="int8"`` their weights are int8 too (see below).
 
     Sensitivity (:mod:`onnxpress.quant.sensitivity`), on the first
     ``sensitivity_samples`` calibration samples:
@@ -649,12 +651,16 @@ class QuantizeInt8(Pass):
                 if budget.snr_db is None and budget.cosine is None:
                     break
                 kept.append(order[len(kept)])
-            # Then the written model, in onnxruntime with its int8 kernels.
-            while True:
+            def judge_written(kept: list[str]) -> tuple[bool, float, float, float | None]:
+                """The budget on the written model, in onnxruntime with its int8 kernels."""
                 q, _ = self._trial(base, stats_by_name, empty, kept, fp32_of(kept)) if kept else (q_full, spec)
                 run_q = session(q, "enabled")
                 got = [run_q(f) for f in feeds]
-                ok, snr, cos, mv = judge([g[n_out:] for g in got], [g[:n_out] for g in got])
+                return judge([g[n_out:] for g in got], [g[:n_out] for g in got])
+
+            # Then the written model.
+            while True:
+                ok, snr, cos, mv = judge_written(kept)
                 if ok or len(kept) >= cap:
                     break
                 kept.append(order[len(kept)])
@@ -670,12 +676,8 @@ class QuantizeInt8(Pass):
 
                 def written(n: int) -> tuple:
                     if n not in tried:
-                        del fp32_w[:]
-                        fp32_w.extend(w_order[:n])
-                        q, _ = self._trial(base, stats_by_name, empty, kept, fp32_of(kept))
-                        run_q = session(q, "enabled")
-                        got = [run_q(f) for f in feeds]
-                        tried[n] = judge([g[n_out:] for g in got], [g[:n_out] for g in got])
+                        fp32_w[:] = w_order[:n]
+                        tried[n] = judge_written(kept)
                     return tried[n]
 
                 if written(len(w_order))[0]:
@@ -687,8 +689,7 @@ class QuantizeInt8(Pass):
                         else:
                             lo = mid + 1
                     ok, snr, cos, mv = written(hi)
-                    del fp32_w[:]
-                    fp32_w.extend(w_order[:hi])
+                    fp32_w[:] = w_order[:hi]
                 else:
                     logger.info("quantize-int8: fp32 weights for the kept layers would not meet the budget either; they keep int8 weights")
                     del fp32_w[:]
@@ -755,14 +756,20 @@ class QuantizeInt8(Pass):
         stats["sensitivity_target_fp32_weights"] = len(target_nodes) if use_second else 0
         return chosen[0], stats
 
+    def _weight_indices(self, node: gs.Node) -> list[int]:
+        """The inputs of a compute node that are constant float weights: either
+        MatMul operand, the weight (input 1) of Conv/ConvTranspose/Gemm."""
+        if node.op == "MatMul":
+            idx = [0, 1]
+        elif node.op in ("Conv", "ConvTranspose", "Gemm"):
+            idx = [1]
+        else:
+            return []
+        return [i for i in idx if len(node.inputs) > i and self._is_weight(node.inputs[i]) and node.inputs[i].shape]
+
     def _weight_elements(self, node: gs.Node) -> int:
         """Number of constant float weight elements a compute node reads."""
-        idx = (0, 1) if node.op == "MatMul" else (1,)
-        return sum(
-            int(np.prod(node.inputs[i].shape))
-            for i in idx
-            if len(node.inputs) > i and self._is_weight(node.inputs[i]) and node.inputs[i].shape
-        )
+        return sum(int(np.prod(node.inputs[i].shape)) for i in self._weight_indices(node))
 
     def _matmul_add_to_gemm(self, graphs: list[gs.Graph]) -> int:
         """``MatMul(x [M, K], W [K, N])`` + ``Add(bias [N] or [1, N])`` -> ``Gemm``.
@@ -1274,7 +1281,7 @@ class QuantizeInt8(Pass):
             )
             node.inputs[2] = out
 
-    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax, owner: str = "", gated: bool = True) -> gs.Variable:
+    def _dq_weight(self, w_t, w, axis, scale, names, head, cache, wqmin, wqmax, owner: str = "") -> gs.Variable:
         if scale is None:
             scale = weight_scales(w, axis, wqmax)
         key = (id(w_t), axis, np.asarray(scale).tobytes(), id(head))
@@ -1288,7 +1295,7 @@ class QuantizeInt8(Pass):
         attrs = {"axis": int(axis)} if axis is not None else {}
         dq = gs.Node("DequantizeLinear", names.new(f"{w_t.name}_DequantizeLinear"), attrs=attrs, inputs=[q_t, s_t, z_t], outputs=[out])
         head.append(dq)
-        if gated and getattr(self, "_keep_float_weights", True):
+        if getattr(self, "_keep_float_weights", True):
             self._weight_dq[dq.name] = (owner, w)
         cache[key] = out
         return out
@@ -1358,15 +1365,9 @@ class QuantizeInt8(Pass):
             True when a weight was replaced.
         """
         replaced = False
-        if node.op == "MatMul":
-            idx = [i for i in (0, 1) if len(node.inputs) > i]
-        elif node.op in ("Conv", "ConvTranspose", "Gemm"):
-            idx = [1] if len(node.inputs) > 1 else []
-        else:
-            return False
-        for i in idx:
+        for i in self._weight_indices(node):
             w_t = node.inputs[i]
-            if not self._is_weight(w_t) or not w_t.shape or int(np.prod(w_t.shape)) < 2:
+            if int(np.prod(w_t.shape)) < 2:
                 continue
             w = constant_array(w_t)
             axis = weight_only_axis(node, i, w) if self.per_channel else None
