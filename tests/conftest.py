@@ -83,6 +83,16 @@ def run_once(proto: onnx.ModelProto, name: str, **options):
     return model.to_proto(), result, model
 
 
+def with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its graph outputs' shapes filled in by ONNX shape inference,
+    checked with ``full_check`` (for hand-built graphs declared without output shapes)."""
+    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    for i, o in enumerate(model.graph.output):
+        model.graph.output[i].CopyFrom(inferred[o.name])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

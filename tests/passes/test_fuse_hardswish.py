@@ -200,11 +200,15 @@ def test_two_patterns_and_fused_into_conv_by_onnxruntime(tmp_path):
     assert not any(n.op_type in ("HardSigmoid", "Clip") for n in optimized.graph.node)
 
 
-def test_inside_if_branch_reading_outer_x():
-    g = _G(13)
+def _branch() -> _G:
+    """An empty opset-13 branch builder whose names cannot clash with the outer graph's."""
     sub = _G(13)
-    sub.nodes, sub.inits, sub.k = [], [], itertools.count(1000)  # names unique across graphs
-    hardswish(sub, form="div", out="b")
+    sub.nodes, sub.inits, sub.k = [], [], itertools.count(1000)
+    return sub
+
+
+def _if_model(g: _G, sub: _G) -> onnx.ModelProto:
+    """``Y = If(C, then: sub's output "b", else: Relu(x))`` appended to ``g``, as a model."""
     then = h.make_graph(sub.nodes, "then", [], [h.make_tensor_value_info("b", TP.FLOAT, ["N", 4, 5, 5])], initializer=sub.inits)
     other = h.make_graph([h.make_node("Relu", ["x"], ["e"])], "else", [], [h.make_tensor_value_info("e", TP.FLOAT, ["N", 4, 5, 5])])
     g.node("If", ["C"], "Y", then_branch=then, else_branch=other)
@@ -213,7 +217,14 @@ def test_inside_if_branch_reading_outer_x():
         [h.make_tensor_value_info("X", TP.FLOAT, ["N", 4, 5, 5]), h.make_tensor_value_info("C", TP.BOOL, [])],
         [h.make_tensor_value_info("Y", TP.FLOAT, ["N", 4, 5, 5])], initializer=g.inits,
     )
-    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=7)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=7)
+
+
+def test_inside_if_branch_reading_outer_x():
+    g = _G(13)
+    sub = _branch()
+    hardswish(sub, form="div", out="b")
+    proto = _if_model(g, sub)
     out, records = apply(proto, PASS, "eliminate-dead-code")
     assert fused(records) == 1
     branch = next(a.g for n in out.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch")
@@ -285,20 +296,11 @@ def test_near_misses_are_refused(change):
         g.node("Div", [m, g.const(6.0)], "Y")
     elif change == "add_in_outer_graph":
         a = g.node("Add", ["x", g.const(3.0)])
-        sub = _G(13)
-        sub.nodes, sub.inits, sub.k = [], [], itertools.count(1000)  # names unique across graphs
+        sub = _branch()
         k = sub.clip(a)
         m = sub.node("Mul", ["x", k])
         sub.node("Div", [m, sub.const(6.0)], "b")
-        then = h.make_graph(sub.nodes, "then", [], [h.make_tensor_value_info("b", TP.FLOAT, ["N", 4, 5, 5])], initializer=sub.inits)
-        other = h.make_graph([h.make_node("Relu", ["x"], ["e"])], "else", [], [h.make_tensor_value_info("e", TP.FLOAT, ["N", 4, 5, 5])])
-        g.node("If", ["C"], "Y", then_branch=then, else_branch=other)
-        graph = h.make_graph(
-            g.nodes, "g",
-            [h.make_tensor_value_info("X", TP.FLOAT, ["N", 4, 5, 5]), h.make_tensor_value_info("C", TP.BOOL, [])],
-            [h.make_tensor_value_info("Y", TP.FLOAT, ["N", 4, 5, 5])], initializer=g.inits,
-        )
-        proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=7)
+        proto = _if_model(g, sub)
         out, records = apply(proto, PASS)
         assert not any(r.modified for r in records)
         assert_equivalent(proto, out, [dict(f, C=np.array(True)) for f in feeds()])

@@ -27,7 +27,7 @@ from onnxpress.quant.ranges import (
     range_from_histogram,
     weight_scales,
 )
-from tests.conftest import run_ort
+from tests.conftest import run_ort, with_output_shapes
 
 F = onnx.TensorProto.FLOAT
 
@@ -806,11 +806,7 @@ def _gather_model(vocab=2000, dim=64, extra_reader=False):
         [nh.from_array(v, k) for k, v in inits.items()],
     )
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
-    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
-    for i, o in enumerate(model.graph.output):
-        model.graph.output[i].CopyFrom(inferred[o.name])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return with_output_shapes(model)
 
 
 def _id_feeds(n, seed, vocab=2000, with_outlier=True):

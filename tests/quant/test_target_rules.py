@@ -18,6 +18,7 @@ from onnxpress.graph import load
 from onnxpress.passes import Context, make_pass
 from onnxpress.quant import QuantConfig
 from onnxpress.quant.config import CONV_TRANSPOSE_FLOAT, DEPTHWISE_FLOAT, is_depthwise
+from tests.conftest import with_output_shapes
 
 F = onnx.TensorProto.FLOAT
 
@@ -56,11 +57,7 @@ def _net(c: int = 8, hw: int = 6) -> onnx.ModelProto:
         [nh.from_array(v, k) for k, v in inits.items()],
     )
     m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
-    known = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.output}
-    for i, o in enumerate(m.graph.output):
-        m.graph.output[i].CopyFrom(known[o.name])
-    onnx.checker.check_model(m, full_check=True)
-    return m
+    return with_output_shapes(m)
 
 
 def _feeds(m: onnx.ModelProto, n: int, seed: int) -> list[dict[str, np.ndarray]]:
