@@ -211,29 +211,22 @@ def class_macs(dg: DepGraph, shapes: dict) -> dict[int, float]:
 def _run_shapes(model: Model, dg: DepGraph, calibration: Any) -> dict:
     """Shapes of the inputs and outputs of every source and sink layer of ``dg``
     when ``model`` runs on the first calibration sample (name -> TensorType)."""
+    from ..calibration import capture
     from ..graph import TensorType
-    from ..runtime_check.compare import make_session
 
-    proto = model.to_proto()
-    have = {o.name for o in proto.graph.output}
-    inputs = {i.name for i in proto.graph.input}
-    consts = {i.name for i in proto.graph.initializer}
+    class _Shape:
+        value: TensorType | None = None
+
+        def update(self, array: np.ndarray) -> None:
+            self.value = TensorType(array.dtype, tuple(int(d) for d in array.shape))
+
     names: list[str] = []
     for node in [s.node for s in dg.sources] + [s.node for s in dg.sinks]:
         for t in (node.inputs[0], node.outputs[0]):
-            if t.name and t.name not in consts and t.name not in names:
+            if t.name and not model.is_constant(t) and t.name not in names:
                 names.append(t.name)
-    for n in names:
-        if n not in have and n not in inputs:
-            proto.graph.output.add().name = n
-    feed = next(iter(_limited(calibration, 1)), None)
-    if feed is None:
-        return {}
-    sess = make_session(proto, "disabled", threads=0)
-    fetch = [n for n in names if n not in inputs]
-    values = dict(zip(fetch, sess.run(fetch, {k: v for k, v in feed.items() if k in inputs})))
-    values.update({n: feed[n] for n in names if n in inputs and n in feed})
-    return {n: TensorType(np.asarray(v).dtype, tuple(int(d) for d in np.shape(v))) for n, v in values.items()}
+    captured = capture(model.to_proto(), names, _limited(calibration, 1), lambda n: [_Shape()], progress=False)
+    return {n: c[0].value for n, c in captured.items() if c[0].value is not None}
 
 
 def group_sensitivity(
