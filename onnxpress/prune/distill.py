@@ -165,9 +165,7 @@ class GramStats:
     ``A = [features, 1]`` per group (``[rows, groups, D+1]``):
 
     Every ``holdout``-th sample (the 4th, 8th, ...; 0: none) is accumulated
-    apart, as validation data for choosing the ridge weight. With ``max_rows``
-    (> 0), a sample with more rows (Conv output positions) contributes a
-    seeded random subset of ``max_rows`` of them.
+    apart, as validation data for choosing the ridge weight.
 
     Attributes:
         parts: per part (0: fit, 1: validation) ``(ata, aty, yty)`` with
@@ -178,12 +176,10 @@ class GramStats:
         mismatch: a sample's teacher output did not match the layer's rows.
     """
 
-    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None], holdout: int = 0, max_rows: int = 0) -> None:
+    def __init__(self, layer: Layer, teacher: Callable[[], np.ndarray | None], holdout: int = 0) -> None:
         self.layer = layer
         self.teacher = teacher
         self.holdout = int(holdout)
-        self.max_rows = int(max_rows)
-        self._rng = np.random.default_rng(0)
         g = layer.groups
         d = layer.in_features
         mg = layer.out_channels // g
@@ -218,9 +214,6 @@ class GramStats:
         if yr.shape != (a.shape[0], layer.out_channels):
             self.mismatch = f"teacher output rows {yr.shape} do not match the layer ({a.shape[0]}, {layer.out_channels})"
             return
-        if self.max_rows and a.shape[0] > self.max_rows:  # a seeded random subset of the rows
-            idx = np.sort(self._rng.choice(a.shape[0], self.max_rows, replace=False))
-            a, yr = a[idx], yr[idx]
         rows, g, d = a.shape
         a = np.concatenate([a, np.ones((rows, g, 1))], axis=2)
         yg = yr.reshape(rows, g, -1)
@@ -471,9 +464,6 @@ class Distill(Pass):
         revert_if_worse: keep the best state seen (model output SNR on the
             calibration data) instead of the last one.
         calibration_limit: samples read per capture run (0: all).
-        max_rows: rows (output positions) per sample a layer's least-squares
-            statistics use, a seeded random subset (0: all); bounds the time
-            of high-resolution Conv layers.
     """
 
     name = "distill"
@@ -492,7 +482,6 @@ class Distill(Pass):
     all_layers: bool = False
     revert_if_worse: bool = True
     calibration_limit: int = 64
-    max_rows: int = 0
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         done: set[tuple[str, str]] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
@@ -733,8 +722,7 @@ class Distill(Pass):
                 t.bias_pair = OutputPair(t.layer.channel_axis, teacher_value(t.teacher_out, t))
                 collectors.setdefault(t.layer.out.name, []).append(t.bias_pair)
             else:
-                t.gram = GramStats(t.layer, teacher_value(t.teacher_out, t), holdout=self.holdout if t.kind == "refit" else 0,
-                                   max_rows=self.max_rows)
+                t.gram = GramStats(t.layer, teacher_value(t.teacher_out, t), holdout=self.holdout if t.kind == "refit" else 0)
                 collectors.setdefault(t.layer.x.name, []).append(t.gram)
             t_names.append(t.teacher_out)
         if first:
