@@ -46,8 +46,11 @@ AVX2 machine without VNNI, onnxruntime 1.32 CPU EP, 1 thread):
   ConvTranspose kernel, a QDQ ConvTranspose runs float with its weight
   dequantized on every run.
 
-Such nodes keep fp32 weights (no weight-only int8: a DequantizeLinear before the
-weight would also stop onnxruntime's NCHWc layout for the depthwise conv).
+With ``float_layer_weights="int8"`` such nodes still store int8 weights, read
+through ``Mul(Cast(int8), scale)``, which onnxruntime folds at load (a
+DequantizeLinear would not be folded and would stop the NCHWc layout), unless
+the sensitivity budget then needs more fp32 weights elsewhere
+(:class:`onnxpress.quant.qdq.QuantizeInt8`).
 
 A model quantized for one target runs on every target (QDQ is portable); only
 speed, and on non-VNNI x86 the saturation risk, change.
