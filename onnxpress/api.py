@@ -168,7 +168,7 @@ def optimize(
         check: True to compare with the original on 2 seeded random feeds, or an
             iterable of feed dicts to compare on; None/False skips the check. The
             criterion is the default of the optimized model's kind (fp32, fp16,
-            int8) with the recipe's ``[check]`` and ``[check.outputs.NAME]`` keys
+            int4, int8) with the recipe's ``[check]`` and ``[check.outputs.NAME]`` keys
             laid over it.
         passes: run these passes (registered names) instead of the recipe's; the
             recipe still gives the pipeline settings and tolerances.
@@ -288,7 +288,8 @@ def check(
             ``a``'s declared inputs with ``dim_sizes`` for symbolic dims.
         atol, rtol: elementwise tolerance ``|a - b| <= atol + rtol * |a|`` for every
             output (None: the default of the candidate's kind: fp32 1e-5/1e-4,
-            fp16 5e-2/1e-2 and cosine >= 0.999, int8 SNR >= 20 dB and cosine >= 0.99).
+            fp16 5e-2/1e-2 and cosine >= 0.999, int8 SNR >= 20 dB and cosine >= 0.99,
+            weight-only int4 SNR >= 7 dB and cosine >= 0.9).
         measure_latency: also time both models on each target (median and p90 of
             ``repeats`` runs, ``threads`` intra-op threads) and measure their sizes.
         targets: ``"cpu"`` (default), ``"arm64"``, ``"arm64:MODEL"``, ``"ep:A,B"``

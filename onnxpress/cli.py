@@ -75,16 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--runner", metavar="CMD", help="run arm64/ep targets on a board through this command (e.g. 'ssh pi@board python3')")
     c.add_argument("--atol", action="append", default=[], metavar="[OUTPUT=]VALUE",
                    help="absolute tolerance for every output or one output (repeatable; default by model kind: "
-                   "fp32 1e-5, fp16 5e-2, int8 none)")
+                   "fp32 1e-5, fp16 5e-2, int4 and int8 none)")
     c.add_argument("--rtol", action="append", default=[], metavar="[OUTPUT=]VALUE",
-                   help="relative tolerance, as --atol (default: fp32 1e-4, fp16 1e-2, int8 none)")
-    c.add_argument("--min-snr", action="append", default=[], metavar="[OUTPUT=]DB", help="minimum SNR in dB (int8 default 20)")
-    c.add_argument("--min-cosine", action="append", default=[], metavar="[OUTPUT=]VALUE", help="minimum cosine similarity")
+                   help="relative tolerance, as --atol (default: fp32 1e-4, fp16 1e-2, int4 and int8 none)")
+    c.add_argument("--min-snr", action="append", default=[], metavar="[OUTPUT=]DB", help="minimum SNR in dB (default: int8 20, int4 7)")
+    c.add_argument("--min-cosine", action="append", default=[], metavar="[OUTPUT=]VALUE", help="minimum cosine similarity (default: fp16 0.999, int8 0.99, int4 0.9)")
     c.add_argument("--min-top1", action="append", default=[], metavar="[OUTPUT=]VALUE",
                    help="minimum top-1 agreement of classifier-like outputs")
     c.add_argument("--min-agreement", action="append", default=[], metavar="[OUTPUT=]VALUE",
                    help="minimum fraction of equal elements of integer outputs (labels, indices; "
-                   "fp16/int8 default 0.99)")
+                   "default: fp16/int8 0.99, int4 0.9)")
     c.add_argument("--recipe", help="take the tolerances from this recipe's [check] tables")
     c.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE")
     c.add_argument("--latency", action="store_true", help="also time both models (median, p90) and measure their size")

@@ -22,12 +22,15 @@ A tensor *departs* when its shape differs, when it has NaN/Inf the reference
 has not, or when its SNR falls below a threshold: intermediate tensors have no
 tolerance of their own, so the threshold is relative: 60 dB (0.1 % relative
 error) for fp32 candidates, 30 dB for fp16, and the output criterion's
-``min_snr_db`` (default 20 dB) for quantized ones.
+``min_snr_db`` for quantized ones (default 20 dB for int8, 7 dB for weight-only
+int4, whose 4-bit noise alone takes a deep model's tensors below 20 dB; see
+:mod:`onnxpress.runtime_check.compare`).
 
-Quantized candidates may have been through cross-layer equalization (Nagel et
+``int8`` candidates may have been through cross-layer equalization (Nagel et
 al. 2019; ``quantize-int8`` does it for Conv pairs): the tensor between two
-equalized Convs is the reference's scaled per channel, a legitimate change. For
-them each tensor is also compared after the best scale per channel (axis 1) is
+equalized Convs is the reference's scaled per channel, a legitimate change
+(weight-only ``int4`` is never equalized and is compared as is). For them each
+tensor is also compared after the best scale per channel (axis 1) is
 applied; when that rescaled SNR is clearly better (by more than 3 dB), the
 tensor counts as ``rescaled``: it is judged by its rescaled SNR, and its
 rescaled error is the one carried along the graph.
@@ -57,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 _DQ_SUFFIXES = ("_DequantizeLinear_Output", "_dequantized", "_prequant", "_QuantizeLinear_Output", "_quantized")
-_THRESHOLDS = {"fp32": 60.0, "fp16": 30.0, "int8": 20.0}
+_THRESHOLDS = {"fp32": 60.0, "fp16": 30.0, "int8": 20.0, "int4": 7.0}
 
 
 @dataclass
