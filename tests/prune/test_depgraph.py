@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from onnxpress.graph import load
+from onnxpress.passes import Context, make_pass
 from onnxpress.prune import build_depgraph
 from onnxpress.prune.depgraph import reshape_axis
 from tests.prune import F32, Builder, assert_exact, masked_reference, outputs, prune, weight
@@ -280,6 +281,63 @@ def test_sigmoid_hardsigmoid_gate_random_equals_masked_original():
     out, _, _, _ = prune(proto, ratio=0.5)
     ref = outputs(masked_reference(proto, ratio=0.5), feeds([1, 3, 6, 6]))[0]
     np.testing.assert_allclose(outputs(out, feeds([1, 3, 6, 6]))[0], ref, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------- fused HardSwish
+def decomposed_hardswish_net(opset: int, seed: int = 4):
+    """PP-LCNet's block as Paddle2ONNX writes it (PP-OCRv4 det/rec): Conv 1x1 ->
+    ``x * Clip(x + 3, 0, 6) / 6`` -> depthwise Conv 3x3 -> the same -> Conv 1x1 ->
+    the same -> Conv (graph output)."""
+    b = Builder(seed, opset=opset)
+
+    def hswish(x: str, name: str) -> str:
+        a = b.op("Add", [x, b.const(f"{name}.three", np.array(3, F32))], f"{name}_add")
+        c = b.op("Clip", [a, b.const(f"{name}.lo", np.array(0, F32)), b.const(f"{name}.hi", np.array(6, F32))], f"{name}_clip")
+        return b.op("Div", [b.op("Mul", [x, c], f"{name}_mul"), b.const(f"{name}.six", np.array(6, F32))], name)
+
+    h = hswish(b.conv("x", "conv_a", 3, 12, k=1), "hs_a")
+    h = hswish(b.conv(h, "dw", 12, 12, group=12), "hs_dw")
+    h = hswish(b.conv(h, "conv_b", 12, 8, k=1), "hs_b")
+    return b.model([("x", [1, 3, 6, 6])], [b.conv(h, "conv_c", 8, 4)])
+
+
+def fuse_hardswish(proto: onnx.ModelProto):
+    model = load(onnx.ModelProto.FromString(proto.SerializeToString()))
+    result = make_pass("fuse-hardswish").run(model, Context())
+    out = model.to_proto()
+    onnx.checker.check_model(out, full_check=True)
+    return out, result
+
+
+@pytest.mark.parametrize("opset, emitted", [(17, ("HardSwish",)), (12, ("HardSigmoid", "Mul"))])
+def test_fused_hardswish_carries_channels_like_the_decomposed_form(opset, emitted):
+    """fuse-hardswish writes ``HardSwish(x)`` (opset >= 14) or ``Mul(x, HardSigmoid(x))``:
+    both are channel-preserving, so Conv -> HardSwish -> Conv groups as before the
+    fusion, the same channels go, and the pruned model computes what the fused
+    original computes with those channels zeroed."""
+    proto = decomposed_hardswish_net(opset)
+    fused, result = fuse_hardswish(proto)
+    assert result.stats["patterns_fused"] == 3
+    ops = [n.op_type for n in fused.graph.node]
+    assert "Clip" not in ops and all(ops.count(op) == 3 for op in emitted)
+    summary = lambda groups: {k: (len(g.classes), len(g.pinned)) for k, g in groups.items()}
+    expected = {frozenset({"conv_a"}): (12, 0), frozenset({"conv_b"}): (8, 0), frozenset({"conv_c"}): (4, 4)}
+    assert summary(groups_by_layers(fused)) == summary(groups_by_layers(proto)) == expected  # dw joins conv_a
+    out, res, ctx, p = prune(fused, ratio=0.5)
+    assert (res.stats["groups"], res.stats["groups_pruned"], res.stats["groups_skipped"]) == (3, 2, 1)
+    assert res.stats["channels_removed"] == 10 and p.report == [("conv_c", "reaches graph output 'conv_c'")]
+    assert weight(out, "conv_a").shape == (6, 3, 1, 1) and weight(out, "dw").shape == (6, 1, 3, 3)
+    assert weight(out, "conv_b").shape == (4, 6, 1, 1) and weight(out, "conv_c").shape == (4, 4, 3, 3)
+    x = feeds([1, 3, 6, 6])
+    got = outputs(out, x)[0]
+    np.testing.assert_allclose(got, outputs(masked_reference(fused, ratio=0.5), x)[0], rtol=1e-5, atol=1e-5)
+    # The decomposed graph loses the same channels and computes the same (up to rounding).
+    out_d, res_d, ctx_d, _ = prune(proto, ratio=0.5)
+    assert res_d.stats["macs_after"] == res.stats["macs_after"] < 0.5 * res.stats["macs_before"]
+    kept, kept_d = ctx.options["pruned_channels"], ctx_d.options["pruned_channels"]
+    assert kept.keys() == kept_d.keys() == {"conv_a", "conv_b"}
+    assert all(np.array_equal(kept[k], kept_d[k]) for k in kept)
+    np.testing.assert_allclose(got, outputs(out_d, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_pad_pool_resize_and_conv_transpose_exact():
