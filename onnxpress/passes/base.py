@@ -180,11 +180,21 @@ def validate(model: Model, pass_name: str) -> None:
 
 
 class PassManager:
-    """Run passes in order, repeating the sequence until none modifies the model.
+    """Run passes in order, to a fixed point, in stages.
+
+    Lossless passes (``Pass.lossless``) repeat until none modifies the model; a
+    lossy pass (pruning, distillation, quantization) runs only once the lossless
+    passes before it have reached their fixed point, so it sees the simplest
+    graph they make (e.g. the shape arithmetic of a dynamic Reshape folded away,
+    which a single sweep does not always finish), and each lossy pass runs once
+    (they are one-shot per model and context). After the last lossy pass the
+    lossless passes run again to their fixed point, on the compressed model.
+    So ``[a, b, PRUNE, DISTILL, c]`` runs ``(a, b)*``, ``PRUNE``, ``DISTILL``,
+    ``(a, b, c)*``. ``fixed_point=False`` runs the sequence once, as given.
 
     Args:
         passes: pass instances, run in this order each iteration.
-        max_iterations: cap on repetitions of the whole sequence (>= 1).
+        max_iterations: cap on repetitions of each stage's sweep (>= 1).
         fixed_point: False runs the sequence once.
         strict: validate the model after every pass that modified it.
     """
@@ -201,40 +211,71 @@ class PassManager:
         self.fixed_point = fixed_point
         self.strict = strict
 
+    def _stages(self) -> list[tuple[list[Pass], bool]]:
+        """``(passes, repeat)`` in run order (see the class docstring)."""
+        if not self.fixed_point:
+            return [(self.passes, False)]
+        stages: list[tuple[list[Pass], bool]] = []
+        lossless: list[Pass] = []
+        pending = False  # lossless passes not yet run to their fixed point
+        for p in self.passes:
+            if p.lossless:
+                lossless.append(p)
+                pending = True
+                continue
+            if pending:
+                stages.append((list(lossless), True))
+                pending = False
+            if stages and not stages[-1][1]:  # lossy passes in a row: one sweep
+                stages[-1][0].append(p)
+            else:
+                stages.append(([p], False))
+        if lossless:
+            stages.append((lossless, True))
+        return stages
+
     def run(self, model: Model, ctx: Context | None = None) -> list[PassRecord]:
-        """Rewrite ``model`` in place; return one record per pass run.
+        """Rewrite ``model`` in place; return one record per pass run
+        (``iteration`` counts sweeps over the whole run, from 1).
 
         Raises:
             PassError: a pass raised, or (strict) left an invalid model.
         """
         ctx = ctx or Context()
         records: list[PassRecord] = []
-        for iteration in range(1, self.max_iterations + 1):
-            any_modified = False
-            for p in self.passes:
-                start = time.perf_counter()
-                try:
-                    result = p.run(model, ctx)
-                except (PassError, InputError):
-                    raise  # a user error inside a pass (e.g. no calibration data) keeps its type
-                except Exception as exc:
-                    raise PassError(p.name, f"{type(exc).__name__}: {exc}") from exc
-                seconds = time.perf_counter() - start
-                records.append(PassRecord(p.name, iteration, result.modified, seconds, dict(result.stats)))
-                logger.info(
-                    "%s (iteration %d): %s in %.3fs %s",
-                    p.name,
-                    iteration,
-                    "modified" if result.modified else "unchanged",
-                    seconds,
-                    result.stats,
-                )
-                if result.modified:
-                    any_modified = True
-                    if self.strict:
-                        validate(model, p.name)
-            if not (self.fixed_point and any_modified):
-                break
-        else:
-            logger.warning("pass manager stopped at the iteration cap (%d)", self.max_iterations)
+        iteration = 0
+        for passes, repeat in self._stages():
+            for _ in range(self.max_iterations if repeat else 1):
+                iteration += 1
+                if not self._sweep(passes, model, ctx, iteration, records) or not repeat:
+                    break
+            else:
+                logger.warning("pass manager stopped at the iteration cap (%d)", self.max_iterations)
         return records
+
+    def _sweep(self, passes: list[Pass], model: Model, ctx: Context, iteration: int, records: list[PassRecord]) -> bool:
+        """Run ``passes`` once in order; True when one of them modified the model."""
+        any_modified = False
+        for p in passes:
+            start = time.perf_counter()
+            try:
+                result = p.run(model, ctx)
+            except (PassError, InputError):
+                raise  # a user error inside a pass (e.g. no calibration data) keeps its type
+            except Exception as exc:
+                raise PassError(p.name, f"{type(exc).__name__}: {exc}") from exc
+            seconds = time.perf_counter() - start
+            records.append(PassRecord(p.name, iteration, result.modified, seconds, dict(result.stats)))
+            logger.info(
+                "%s (iteration %d): %s in %.3fs %s",
+                p.name,
+                iteration,
+                "modified" if result.modified else "unchanged",
+                seconds,
+                result.stats,
+            )
+            if result.modified:
+                any_modified = True
+                if self.strict:
+                    validate(model, p.name)
+        return any_modified

@@ -4,7 +4,10 @@ A recipe file (read with :mod:`tomllib`) has:
 
 * ``name`` and ``description`` (strings);
 * a ``[pipeline]`` table: ``fixed_point`` (bool, repeat the pass sequence until
-  no pass modifies the model) and ``max_iterations`` (int, the cap);
+  no pass modifies the model, in stages: a lossy pass runs once, after the
+  lossless passes before it reached their fixed point; see
+  :class:`~onnxpress.passes.PassManager`) and ``max_iterations`` (int, the cap
+  per stage);
 * an array ``[[passes]]`` of tables, each with a ``name`` (a registered pass,
   ``onnxpress passes`` lists them) and the pass's options;
 * a ``[calibration]`` table: ``required`` (bool: the recipe cannot run without
