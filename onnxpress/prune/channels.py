@@ -502,9 +502,9 @@ class PruneChannels(Pass):
         return PassResult(modified=bool(removed), stats=stats)
 
     # ------------------------------------------------------------ policy
-    def _select(self, dg: DepGraph, score: dict[int, float]) -> set[int]:
+    def _select(self, dg: DepGraph, score: dict[int, float], step: int | None = None) -> set[int]:
         removed: set[int] = set()
-        step = int(self.round_to)
+        step = int(self.round_to) if step is None else step
         for group in dg.groups:
             n = len(group.classes)
             ratio = self._group_ratio(group)
@@ -556,7 +556,7 @@ class PruneChannels(Pass):
             if ctx.calibration is not None:  # the shapes of a real run: symbolic dims (H, W) matter
                 shapes = {**shapes, **_run_shapes(model, dg, ctx.calibration)}
             cost = class_macs(dg, shapes)
-            uniform = self._select(dg, score)
+            uniform = self._select(dg, score, step=1)  # the budget does not depend on round_to
             budget = float(sum(cost.get(r, 0.0) for r in uniform))
         else:
             cost = {}
@@ -613,8 +613,11 @@ class PruneChannels(Pass):
                         done += weigh([r])
                         extra += 1
                     n = len(dg.groups[gi].classes)
-                    partial = lv[k] + extra
-                    partial = n - self._keep_count(n, partial / n)  # on the round_to grid
+                    step = int(self.round_to)
+                    # On the round_to grid, rounded toward more removed so the budget is met
+                    # (rounding down could undo the whole step); never past the next level.
+                    keep = max((n - lv[k] - extra) // step * step, 1) if step > 1 else n - lv[k] - extra
+                    partial = min(n - keep, lv[k + 1])
                     levels[gi] = lv[: k + 1] + [partial] + lv[k + 1 :]
                     state[gi] += 1
                     break

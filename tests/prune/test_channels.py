@@ -223,3 +223,30 @@ def test_global_macs_budget_matches_uniform_macs():
     mg = glo.stats["macs_after"] / glo.stats["macs_before"]
     print(f"MACs after/before: uniform {mu:.3f}, global (macs budget) {mg:.3f}")
     assert abs(mg - mu) < 0.12
+
+
+@pytest.mark.parametrize("budget", ["macs", "channels"])
+def test_global_budget_is_met_on_the_round_to_grid(budget):
+    """round_to=8 with allocation='global': every group keeps a multiple of 8
+    channels and the budget is still met (it is that of round_to=1, not shrunk by
+    rounding the uniform allocation up, and the last step is rounded toward more
+    removed, never undone)."""
+    b = Builder(5)
+    x, cin = "x", 3
+    for i, c in enumerate((32, 32, 64, 64)):
+        x, cin = b.op("Relu", [b.conv(x, f"conv{i}", cin, c, strides=[1 + (i % 2)] * 2)], f"relu{i}"), c
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(x, "head", cin, 4)], "gap")], "y")
+    proto = b.model([("x", [1, 3, 32, 32])], [y])
+    calib = [feeds([1, 3, 32, 32], seed=i) for i in range(3)]
+    opts = {"ratio": 0.3, "allocation": "global", "budget": budget, "max_ratio": 0.75}  # caps on the grid
+    _, fine, _, _ = prune(proto, ctx=Context(calibration=calib), **opts)
+    out, grid, _, _ = prune(proto, ctx=Context(calibration=calib), round_to=8, **opts)
+    for i in range(4):
+        assert weight(out, f"conv{i}").shape[0] % 8 == 0
+    if budget == "macs":  # at least the MACs the uniform allocation (not rounded) removes
+        _, uniform, _, _ = prune(proto, ratio=0.3)
+        assert grid.stats["macs_after"] <= uniform.stats["macs_after"]
+    else:
+        assert grid.stats["channels_removed"] >= fine.stats["channels_removed"] > 0
+    y_ref, y_got = outputs(proto, calib[0])[0], outputs(out, calib[0], optimize=True)[0]
+    assert y_got.shape == y_ref.shape and np.isfinite(y_got).all()
