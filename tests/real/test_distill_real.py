@@ -90,7 +90,7 @@ def test_distill_lowers_the_error_of_pruning(distilled):
     assert stats["layers_refit"] >= 1
     assert stats["model_snr_db_after"] > stats["model_snr_db_before"]
     assert after > before + MIN_GAIN_DB[name], (before, after)
-    assert [r.modified for r in records] == [True, False]
+    assert [r.modified for r in records] == [True]  # once in a pipeline (a second run on the same model: tests/prune)
 
 
 def test_ppocr_det_convtranspose_layers_are_refit(distilled):
