@@ -369,7 +369,13 @@ class PruneChannels(Pass):
             at ``ratio`` would remove, to first order: each class costs the
             MACs of the output channels and input channels it stands for).
         round_to: the kept channel count of a group is a multiple of this
-            (e.g. 4, 8, 16), rounded up.
+            (e.g. 4, 8, 16), rounded up. onnxruntime's x86 CPU kernels block
+            channels by 8 (NCHWc, AVX2) or 16 (AVX-512) and fall back to slower
+            ones otherwise: uniform L1 pruning of PP-OCRv4 det at 10% ran at
+            1.14x the fp32 latency with ``round_to=1`` and 0.92x with 8 (30%:
+            0.81x and 0.78x; rec at 30%: 0.65x and 0.60x), though 8 keeps
+            more channels. With ``allocation="global"`` the coarser steps cost
+            accuracy (det at 30%, MACs budget: text IoU 0.956 -> 0.721).
         calibration_limit: calibration samples used by ``"activation"``.
 
     Raises:
