@@ -547,6 +547,19 @@ def iter_graphs(graph: gs.Graph, functions: bool = True) -> Iterator[gs.Graph]:
         stack.extend(reversed(children))
 
 
+def iter_proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Yield ``graph`` and every subgraph (``If``/``Loop``/``Scan`` attributes, any
+    depth) of a ``GraphProto``, parents first; :func:`iter_graphs` for a loaded model."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_proto_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_proto_graphs(sub)
+
+
 def iter_nodes(graph: gs.Graph, functions: bool = True) -> Iterator[tuple[gs.Graph, gs.Node]]:
     """Yield ``(owning_graph, node)`` for every node of ``graph`` and its subgraphs."""
     for g in iter_graphs(graph, functions=functions):

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .model import Model, iter_graphs
+from .model import Model, iter_graphs, iter_proto_graphs
 from .shapes import TensorType, _collect, _run_inference, _standalone_subgraph, infer_shapes, skeleton_proto
 
 __all__ = ["ModelStats", "model_stats", "node_macs", "stats_shapes"]
@@ -133,24 +133,13 @@ def _is_matmulnbits(node) -> bool:
     return op == "MatMulNBits" and node.domain == _CONTRIB_DOMAIN
 
 
-def _proto_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _proto_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _proto_graphs(sub)
-
-
 def _with_matmulnbits_standins(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Replace, in place, every ``com.microsoft.MatMulNBits`` node of ``proto`` (its
     subgraphs included) by ``MatMul(A, W)``, ``W`` a new graph input of the top
     graph (subgraphs read it from the outer scope) typed ``[K, N]`` with the element
     type of the node's ``scales``. A node whose ``K``/``N`` attributes or scales
     type are unknown is left as it is. Returns ``proto``."""
-    graphs = list(_proto_graphs(proto.graph))
+    graphs = list(iter_proto_graphs(proto.graph))
     elem: dict[str, int] = {}
     names: set[str] = set()
     for g in graphs:

@@ -63,6 +63,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import InputError
+from ..graph import iter_proto_graphs
 
 __all__ = [
     "Budget",
@@ -289,17 +290,6 @@ def _weight_gate(node: str) -> str:
     return f"__onnxpress_gate_w__{node}"
 
 
-def _subgraphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _subgraphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _subgraphs(g)
-
-
 def gated_model(qdq: onnx.ModelProto, spec: GateSpec) -> tuple[onnx.ModelProto, list[str]]:
     """The float model in which each quantize-dequantize can be switched on and off
     (see the module docstring).
@@ -318,7 +308,7 @@ def gated_model(qdq: onnx.ModelProto, spec: GateSpec) -> tuple[onnx.ModelProto, 
         return f"{base}__g{counter[0]}"
 
     main = m.graph
-    for g in _subgraphs(main):
+    for g in iter_proto_graphs(main):
         producers = {o: n for n in g.node for o in n.output}
         new_nodes: list[onnx.NodeProto] = []
         for node in g.node:

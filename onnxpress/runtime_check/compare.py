@@ -99,6 +99,7 @@ import onnx
 import onnx.numpy_helper
 
 from ..errors import CheckError, InputError, ReferenceModelError
+from ..graph import iter_proto_graphs
 from .inputs import Feeds, validate_feeds
 
 __all__ = [
@@ -232,17 +233,6 @@ _HALF_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 _MIN_WEIGHT = 16  # elements: smaller int8/fp16 constants are zero points, flags, tables
 
 
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def _numel(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims)) if len(t.dims) else 1
 
@@ -271,7 +261,7 @@ def model_kind(model: onnx.ModelProto) -> str:
     - else ``fp32``.
     """
     half = False
-    graphs = list(_graphs(model.graph))
+    graphs = list(iter_proto_graphs(model.graph))
     nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
     if any(n.op_type in _ACTIVATION_QUANT_OPS for n in nodes):
         return "int8"
@@ -325,7 +315,7 @@ def u8s8_without_vnni(model: onnx.ModelProto, cpuinfo: str | None = None) -> boo
             flags.update(line.partition(":")[2].split())
     if not flags or {"avx512_vnni", "avx_vnni"} & flags:
         return False
-    graphs = list(_graphs(model.graph))
+    graphs = list(iter_proto_graphs(model.graph))
     inits = {t.name: t for g in graphs for t in g.initializer}
     u8_act = s8_weight = False  # s8_weight: an 8-bit weight beyond the 7-bit range [-64, 63]
     for g in graphs:

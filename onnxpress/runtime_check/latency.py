@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from ..graph import iter_proto_graphs
+
 __all__ = ["Timing", "LatencyResult", "latency_from_times", "measure", "model_sizes"]
 
 logger = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ def _file_bytes(path: Path) -> bytes | None:
     try:
         proto = onnx.load(str(path), load_external_data=False)
         locations = set()
-        for g in _all_graphs(proto.graph):
+        for g in iter_proto_graphs(proto.graph):
             for t in g.initializer:
                 if t.data_location == onnx.TensorProto.EXTERNAL:
                     for e in t.external_data:
@@ -155,17 +157,6 @@ def _file_bytes(path: Path) -> bytes | None:
     except Exception:  # not our job to validate here; the size of the file is still right
         pass
     return data + extra
-
-
-def _all_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_graphs(g)
 
 
 def model_sizes(

@@ -23,6 +23,7 @@ from hypothesis import event, given
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from onnxpress.graph import iter_proto_graphs
 from onnxpress.passes import Context, make_pass, registered_passes
 from tests.fuzz.checks import assert_same_kinds, check_valid, copy_model, reference, run_sizes, signature
 from tests.fuzz.strategies import FuzzModel, onnx_models
@@ -52,23 +53,12 @@ def test_lossy_passes_are_discovered() -> None:
 
 
 # --------------------------------------------------------------- measurement
-def _graphs(g: onnx.GraphProto):
-    yield g
-    for node in g.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sg in attr.graphs:
-                    yield from _graphs(sg)
-
-
 def _initializers(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: nh.to_array(t) for g in _graphs(proto.graph) for t in g.initializer}
+    return {t.name: nh.to_array(t) for g in iter_proto_graphs(proto.graph) for t in g.initializer}
 
 
 def _nodes(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {n.name: n for g in _graphs(proto.graph) for n in g.node if n.name}
+    return {n.name: n for g in iter_proto_graphs(proto.graph) for n in g.node if n.name}
 
 
 def _run_single(node: onnx.NodeProto, feeds: dict, inits: list[onnx.TensorProto], opsets, ir: int) -> np.ndarray:
@@ -89,7 +79,7 @@ def _run_single(node: onnx.NodeProto, feeds: dict, inits: list[onnx.TensorProto]
 
 
 def _init_protos(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for g in _graphs(proto.graph) for t in g.initializer}
+    return {t.name: t for g in iter_proto_graphs(proto.graph) for t in g.initializer}
 
 
 def _dequantized(out: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray:
@@ -105,7 +95,7 @@ def _dequantized(out: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray:
         return _run_single(
             probe, {"eye": np.eye(k, dtype=dtype)}, used, [("", 17), ("com.microsoft", 1)], 8
         ).astype(np.float64)
-    producers = {o: n for g in _graphs(out.graph) for n in g.node for o in n.output}
+    producers = {o: n for g in iter_proto_graphs(out.graph) for n in g.node for o in n.output}
     dq = producers[node.input[1]]
     assert dq.op_type == "DequantizeLinear", f"{node.name}: weight comes from {dq.op_type}"
     probe = onnx.NodeProto()
@@ -125,7 +115,7 @@ def measure_int4(orig: onnx.ModelProto, out: onnx.ModelProto, stats: dict) -> li
     nodes_o, nodes_n, weights = _nodes(orig), _nodes(out), _initializers(orig)
     layers = [k[len("layer.") : -len(".max_abs_error")] for k in stats if k.startswith("layer.") and k.endswith(".max_abs_error")]
     quantized = [n for n in nodes_n.values() if n.op_type == "MatMulNBits"]
-    producers = {o: n for g in _graphs(out.graph) for n in g.node for o in n.output}
+    producers = {o: n for g in iter_proto_graphs(out.graph) for n in g.node for o in n.output}
     quantized += [
         n for n in nodes_n.values()
         if n.op_type in ("MatMul", "Gemm") and getattr(producers.get(n.input[1]), "op_type", None) == "DequantizeLinear"

@@ -14,7 +14,7 @@ from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from onnxpress.graph import infer_shapes, load, model_stats
+from onnxpress.graph import infer_shapes, iter_proto_graphs, load, model_stats
 from onnxpress.graph.stats import stats_shapes
 from tests.conftest import run_once
 
@@ -72,16 +72,8 @@ def _chain(in_branch: bool = False) -> onnx.ModelProto:
 def _int4(model: onnx.ModelProto) -> onnx.ModelProto:
     out, result, _ = run_once(model, "quantize-int4-weights", format="matmulnbits", min_elements=1)
     assert result.stats["layers_quantized"] == 3
-    assert sum(n.op_type == "MatMulNBits" for g in _graphs(out.graph) for n in g.node) == 3
+    assert sum(n.op_type == "MatMulNBits" for g in iter_proto_graphs(out.graph) for n in g.node) == 3
     return out
-
-
-def _graphs(g: onnx.GraphProto):
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
 
 
 EXPECTED_MACS = D * F + F * D + D * 32  # per token (B and S count as 1)
