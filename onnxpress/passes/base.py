@@ -184,13 +184,15 @@ class PassManager:
 
     Lossless passes (``Pass.lossless``) repeat until none modifies the model; a
     lossy pass (pruning, distillation, quantization) runs only once the lossless
-    passes before it have reached their fixed point, so it sees the simplest
-    graph they make (e.g. the shape arithmetic of a dynamic Reshape folded away,
-    which a single sweep does not always finish), and each lossy pass runs once
-    (they are one-shot per model and context). After the last lossy pass the
-    lossless passes run again to their fixed point, on the compressed model.
-    So ``[a, b, PRUNE, DISTILL, c]`` runs ``(a, b)*``, ``PRUNE``, ``DISTILL``,
-    ``(a, b, c)*``. ``fixed_point=False`` runs the sequence once, as given.
+    passes listed before it have reached their fixed point, so it sees the
+    simplest graph they make (on PP-OCRv4 rec a single sweep still leaves the
+    run-time shape arithmetic of dynamic Reshapes, which hid 2 of its 27 channel
+    groups from ``prune-channels`` and made it skip 4 more). Lossy passes in a
+    row run as one sweep, each once (they are one-shot per model and context).
+    At the end the lossless passes run to their fixed point again, on the
+    compressed model. So ``[a, b, PRUNE, DISTILL, c, QUANT]`` runs ``(a, b)*``,
+    ``PRUNE, DISTILL``, ``(a, b, c)*``, ``QUANT``, ``(a, b, c)*``.
+    ``fixed_point=False`` runs the sequence once, as given.
 
     Args:
         passes: pass instances, run in this order each iteration.

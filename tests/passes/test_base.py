@@ -91,3 +91,49 @@ def test_strict_mode_names_the_pass_that_broke_the_model():
 def test_exceptions_become_pass_errors():
     with pytest.raises(PassError, match="pass 'test-raises': ValueError: boom"):
         PassManager([_Raises()]).run(_model())
+
+
+@dataclass
+class _Countdown(Pass):
+    """Lossless stand-in that modifies the model on its first ``times`` runs."""
+
+    name = "test-countdown"
+    times: int = 2
+
+    def run(self, model, ctx):
+        ctx.options.setdefault("log", []).append(self.name)
+        self.times -= 1
+        return PassResult(self.times >= 0, {})
+
+
+@dataclass
+class _Lossy(Pass):
+    """Lossy stand-in: records how often the countdown ran before it; once per model."""
+
+    name = "test-lossy"
+    lossless = False
+
+    def run(self, model, ctx):
+        log = ctx.options.setdefault("log", [])
+        ctx.options.setdefault("seen", []).append(log.count("test-countdown"))
+        log.append(self.name)
+        return PassResult(len(ctx.options["seen"]) == 1, {})
+
+
+def test_lossy_passes_run_once_on_the_lossless_fixed_point():
+    """[countdown, LOSSY, LOSSY2]: the countdown runs to its fixed point (3 sweeps:
+    two that modify, one that does not) before the lossy passes, which run once,
+    in one sweep; then the lossless passes again to their fixed point."""
+    ctx = Context()
+    lossy2 = _Lossy()
+    records = PassManager([_Countdown(times=2), _Lossy(), lossy2]).run(_model(), ctx)
+    assert ctx.options["log"] == ["test-countdown"] * 3 + ["test-lossy"] * 2 + ["test-countdown"]
+    assert ctx.options["seen"] == [3, 3]  # both lossy passes saw the fixed point
+    assert [(r.name, r.iteration) for r in records] == [
+        ("test-countdown", 1), ("test-countdown", 2), ("test-countdown", 3),
+        ("test-lossy", 4), ("test-lossy", 4), ("test-countdown", 5),
+    ]
+    # fixed_point=False: the sequence once, as given.
+    ctx = Context()
+    PassManager([_Countdown(times=2), _Lossy()], fixed_point=False).run(_model(), ctx)
+    assert ctx.options["log"] == ["test-countdown", "test-lossy"]
