@@ -300,41 +300,26 @@ def _layer(model: Model, g: gs.Graph, node: gs.Node, outputs: set[int], quantize
     out = node.outputs[0]
     groups = 1
     bias_t = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
-    if op == "Conv":
+    if op in _CONV_OPS:
         if w.ndim < 3:
-            raise _Skip("Conv weight rank < 3")
+            raise _Skip(f"{op} weight rank < 3")
         groups = int(node.attrs.get("group", 1))
-        if groups < 1 or w.shape[0] % groups:
-            raise _Skip("output channels not divisible by group")
-        for k in ("strides", "dilations", "pads", "auto_pad", "kernel_shape"):
-            if k in node.attrs:
-                attrs[k] = node.attrs[k]
-        if isinstance(attrs.get("auto_pad"), bytes):
-            attrs["auto_pad"] = attrs["auto_pad"].decode()
-        if bias_t is not None:
-            got_b = _weight(model, bias_t, "b")
-            if got_b is None or got_b[0].shape != (w.shape[0],):
-                raise _Skip("the bias is not a constant [M]")
-            b, bq = got_b
-    elif op == "ConvTranspose":
-        if w.ndim < 3:
-            raise _Skip("ConvTranspose weight rank < 3")
-        groups = int(node.attrs.get("group", 1))
-        if groups < 1 or w.shape[0] % groups:
-            raise _Skip("input channels not divisible by group")
+        if groups < 1 or w.shape[0] % groups:  # Conv: output channels, ConvTranspose: input channels
+            raise _Skip(f"{'output' if op == 'Conv' else 'input'} channels not divisible by group")
         auto = node.attrs.get("auto_pad", "NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else (auto or "NOTSET")
-        if auto not in ("NOTSET", "VALID"):
-            raise _Skip(f"auto_pad={auto}")
-        if "output_shape" in node.attrs:
-            raise _Skip("output_shape given")
-        for k in ("strides", "dilations", "pads", "output_padding", "kernel_shape"):
-            if k in node.attrs:
-                attrs[k] = node.attrs[k]
+        if op == "ConvTranspose":
+            if auto not in ("NOTSET", "VALID"):
+                raise _Skip(f"auto_pad={auto}")
+            if "output_shape" in node.attrs:
+                raise _Skip("output_shape given")
+        keys = ("strides", "dilations", "pads", "kernel_shape") + (("output_padding",) if op == "ConvTranspose" else ())
+        attrs.update({k: node.attrs[k] for k in keys if k in node.attrs})
         attrs["auto_pad"] = auto
+        m = w.shape[0] if op == "Conv" else w.shape[1] * groups
         if bias_t is not None:
             got_b = _weight(model, bias_t, "b")
-            if got_b is None or got_b[0].shape != (w.shape[1] * groups,):
+            if got_b is None or got_b[0].shape != (m,):
                 raise _Skip("the bias is not a constant [M]")
             b, bq = got_b
     elif op == "Gemm":

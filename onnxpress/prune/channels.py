@@ -510,14 +510,9 @@ class PruneChannels(Pass):
     # ------------------------------------------------------------ policy
     def _select(self, dg: DepGraph, score: dict[int, float], step: int | None = None) -> set[int]:
         removed: set[int] = set()
-        step = int(self.round_to) if step is None else step
         for group in dg.groups:
             n = len(group.classes)
-            ratio = self._group_ratio(group)
-            keep = n - int(math.floor(ratio * n + 1e-9))
-            if step > 1:
-                keep = int(math.ceil(keep / step) * step)
-            keep = max(keep, 1)
+            keep = self._keep_count(n, self._group_ratio(group), step)
             if keep >= n:
                 continue
             prunable = group.prunable.tolist()
@@ -525,10 +520,11 @@ class PruneChannels(Pass):
             removed.update(order[: min(n - keep, len(prunable))])
         return removed
 
-    def _keep_count(self, n: int, ratio: float) -> int:
-        """Channels a group of ``n`` keeps at ``ratio`` (rounded up to ``round_to``, >= 1)."""
+    def _keep_count(self, n: int, ratio: float, step: int | None = None) -> int:
+        """Channels a group of ``n`` keeps at ``ratio`` (rounded up to ``step``,
+        default ``round_to``; >= 1)."""
         keep = n - math.floor(ratio * n + 1e-9)
-        step = int(self.round_to)
+        step = int(self.round_to) if step is None else step
         if step > 1:
             keep = math.ceil(keep / step) * step
         return min(max(keep, 1), n)

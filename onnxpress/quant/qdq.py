@@ -1359,7 +1359,7 @@ class QuantizeInt8(Pass):
         folds DequantizeLinear in a QDQ model (the weight would be dequantized on
         every run, and a Conv reading it loses NCHWc: PP-OCRv4 rec/det 7-18 %
         slower). The file keeps the int8 weights; ``fold-constants`` does not fold
-        such a Cast (:data:`onnxpress.passes.fold_constants.NEVER_FOLD` rules).
+        such a Cast (a Cast of a constant int8/int4 tensor to float is never folded).
 
         Returns:
             True when a weight was replaced.
@@ -1534,7 +1534,8 @@ class QuantizeInt8(Pass):
                 seen.add(id(t))
                 w = constant_array(t)
                 rank = w.ndim
-                q_consts: dict[int, tuple[gs.Constant, gs.Constant | None]] = {}
+                q_consts: dict[int, tuple[gs.Constant, gs.Constant]] = {}
+                zero_point: gs.Constant | None = None  # per tensor: one int8 zero point for every reader
                 for r in readers:
                     rg = self._graph_of.get(id(r), g)
                     axis = int(r.attrs.get("axis", 0))
@@ -1565,7 +1566,9 @@ class QuantizeInt8(Pass):
                             gs.Node("Mul", names.new(f"{r.name or out.name}_dequantize"), inputs=[as_float, row_s], outputs=[out]),
                         ]
                     else:
-                        z_t = gs.Constant(names.new(f"{t.name}_zero_point"), np.zeros((), np.int8))
+                        if zero_point is None:
+                            zero_point = gs.Constant(names.new(f"{t.name}_zero_point"), np.zeros((), np.int8))
+                        z_t = zero_point
                         new_nodes = [
                             gs.Node("DequantizeLinear", names.new(f"{r.name or out.name}_DequantizeLinear"), inputs=[gathered, s_t, z_t], outputs=[out]),
                         ]
