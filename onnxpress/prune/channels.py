@@ -51,7 +51,10 @@ How many channels each group loses is set by ``allocation``:
     groups) and the lowest scores of the whole model are removed.
 
 The kept count of a group is rounded up to a multiple of ``round_to`` and is
-never 0: a layer with one channel keeps it, and so does every tensor.
+never 0: a layer with one channel keeps it, and so does every tensor. The
+``"global"`` allocation is made channel by channel and its kept counts are
+rounded up afterwards, so rounding keeps channels the budget would remove (the
+MACs end above the budget) rather than coarsening the allocation's steps.
 
 Stats (numbers only): ``groups``, ``groups_pruned``, ``groups_skipped``,
 ``groups_partially_pinned``, ``channels_removed``, ``macs_before``,
@@ -374,8 +377,11 @@ class PruneChannels(Pass):
             ones otherwise: uniform L1 pruning of PP-OCRv4 det at 10% ran at
             1.14x the fp32 latency with ``round_to=1`` and 0.92x with 8 (30%:
             0.81x and 0.78x; rec at 30%: 0.65x and 0.60x), though 8 keeps
-            more channels. With ``allocation="global"`` the coarser steps cost
-            accuracy (det at 30%, MACs budget: text IoU 0.956 -> 0.721).
+            more channels. With ``allocation="global"`` the allocation's
+            kept counts are rounded up: det at 30% (MACs budget, activation
+            importance, then ``distill``): MACs 0.56x -> 0.67x of fp32's,
+            latency 0.74x -> 0.73x, text IoU 0.956 -> 0.969 with 8 (allocating
+            on the 8-channel grid instead gave IoU 0.721).
         calibration_limit: calibration samples used by ``"activation"``.
 
     Raises:
@@ -535,11 +541,11 @@ class PruneChannels(Pass):
         n = len(group.classes)
         cap = min(float(self.max_ratio), self._group_ratio(group) if any(
             s.node.name in self.layer_ratios for s in group.sources) else 1.0)
-        limit = min(n - self._keep_count(n, cap), len(group.prunable))
+        limit = min(n - self._keep_count(n, cap, step=1), len(group.prunable))
         out = [0]
         k = 1
         while k * float(self.sensitivity_step) <= cap + 1e-9:
-            r = n - self._keep_count(n, k * float(self.sensitivity_step))
+            r = n - self._keep_count(n, k * float(self.sensitivity_step), step=1)
             r = min(r, limit)
             if r > out[-1]:
                 out.append(r)
@@ -581,9 +587,6 @@ class PruneChannels(Pass):
                     break
                 count[gi] = max(count[gi], pos + 1)
                 done += weigh([r])
-            for gi, g in enumerate(dg.groups):  # snap down to the rounding grid
-                n = len(g.classes)
-                count[gi] = min(count[gi], n - self._keep_count(n, count[gi] / n))
         else:
             if ctx.calibration is None:
                 raise InputError(
@@ -614,18 +617,15 @@ class PruneChannels(Pass):
                             break
                         done += weigh([r])
                         extra += 1
-                    n = len(dg.groups[gi].classes)
-                    step = int(self.round_to)
-                    # On the round_to grid, rounded toward more removed so the budget is met
-                    # (rounding down could undo the whole step); never past the next level.
-                    keep = max((n - lv[k] - extra) // step * step, 1) if step > 1 else n - lv[k] - extra
-                    partial = min(n - keep, lv[k + 1])
-                    levels[gi] = lv[: k + 1] + [partial] + lv[k + 1 :]
+                    levels[gi] = lv[: k + 1] + [lv[k] + extra] + lv[k + 1 :]
                     state[gi] += 1
                     break
                 done += best[2]
                 state[gi] += 1
             count = [lv[k] for lv, k in zip(levels, state)]
+        for gi, g in enumerate(dg.groups):  # round the kept count up to round_to (keeps more)
+            n = len(g.classes)
+            count[gi] = min(count[gi], n - self._keep_count(n, count[gi] / n))
         removed: set[int] = set()
         for gi, order in enumerate(orders):
             removed.update(order[: count[gi]])
