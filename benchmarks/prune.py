@@ -8,7 +8,10 @@ prune-channels settings of ``VARIANTS`` get a row each: "uniform, act." (the
 activation-aware importance) and "global MACs[, act.]" (``allocation="global"``,
 ``budget="macs"``: the MACs the uniform allocation removes at that ratio,
 shared out between groups by their measured sensitivity, at most 60% of a
-group; with L1 or activation importance inside a group). Columns: MACs (M, on
+group; with L1 or activation importance inside a group; ", 8": kept counts
+rounded up to multiples of 8; ", 2 steps": progressive, prune + distill twice,
+each round at ``1 - sqrt(1 - ratio)`` of the model at hand; its "pruned" column
+is the model before the last distill). Columns: MACs (M, on
 the latency input's shape), size (MB, serialized), onnxruntime CPU latency (1 thread, ORT_ENABLE_ALL,
 median of 20 runs on one real input), the task metric of the pruned and of the
 distilled model on real evaluation inputs (disjoint from the calibration
@@ -25,6 +28,7 @@ Usage::
     python benchmarks/prune.py --out benchmarks/results/prune.md
     python benchmarks/prune.py --models magika --ratios 0.3
     python benchmarks/prune.py --models magika ppocr_det --ratios 0.3 --variant-ratios 0.3
+    python benchmarks/prune.py --models ppocr_det --ratios --variants "global MACs, act., 8" --out /tmp/det.md
     python benchmarks/prune.py --refresh benchmarks/results/prune.json --out benchmarks/results/prune.md
 """
 from __future__ import annotations
@@ -60,7 +64,33 @@ VARIANTS = {
     "global MACs, act.": {
         "allocation": "global", "budget": "macs", "importance": "activation", "max_ratio": 0.6, "sensitivity_samples": 4,
     },
+    "global MACs, act., 8": {
+        "allocation": "global", "budget": "macs", "importance": "activation", "max_ratio": 0.6, "sensitivity_samples": 4,
+        "round_to": 8,
+    },
+    # progressive: "steps" prune-channels + distill rounds, each at 1 - (1 - ratio) ** (1 / steps)
+    # of the model at hand (uniform MACs ~ (1 - r)^2 per round, so about the MACs of one round at ratio)
+    "global MACs, act., 8, 2 steps": {
+        "allocation": "global", "budget": "macs", "importance": "activation", "max_ratio": 0.6, "sensitivity_samples": 4,
+        "round_to": 8, "steps": 2,
+    },
 }
+
+
+def prune_steps(model, ctx, ratio: float, options: dict, distill_between: bool = True) -> float:
+    """Run the prune-channels rounds of a variant on ``model`` (all but the last
+    followed by ``distill``); returns the seconds spent in those distills."""
+    options = dict(options)
+    steps = int(options.pop("steps", 1))
+    step_ratio = 1 - (1 - ratio) ** (1 / steps)
+    seconds = 0.0
+    for i in range(steps):
+        PassManager([make_pass("prune-channels", ratio=step_ratio, **options)]).run(model, ctx)
+        if i < steps - 1 and distill_between:
+            start = time.perf_counter()
+            PassManager([make_pass("distill")]).run(model, ctx)
+            seconds += time.perf_counter() - start
+    return seconds
 
 
 def metric(name, path, ref, outs, labels) -> float:
@@ -135,7 +165,7 @@ def latency_ms(model, feed, runs: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def bench_model(name: str, ratios, variant_ratios=VARIANT_RATIOS) -> list[dict]:
+def bench_model(name: str, ratios, variant_ratios=VARIANT_RATIOS, variants=tuple(VARIANTS)) -> list[dict]:
     path = rm.fetch(name)
     teacher = onnx.load(str(path))
     calib = rm.real_inputs(name, n=N_CALIB[name], seed=CALIB_SEED)
@@ -153,16 +183,16 @@ def bench_model(name: str, ratios, variant_ratios=VARIANT_RATIOS) -> list[dict]:
     }
     rows.append(row0)
     print(f"{name} fp32: {row0}", flush=True)
-    runs = [(r, "uniform") for r in ratios] + [(r, v) for r in variant_ratios for v in VARIANTS if v != "uniform"]
+    runs = [(r, "uniform") for r in ratios] + [(r, v) for r in variant_ratios for v in variants if v != "uniform"]
     for ratio, variant in runs:
         options = VARIANTS[variant]
         model = load(base)
         ctx = Context(calibration=calib, teacher=teacher)
-        PassManager([make_pass("prune-channels", ratio=ratio, **options)]).run(model, ctx)
+        seconds = prune_steps(model, ctx, ratio, options)
         pruned = model.to_proto()
         start = time.perf_counter()
         recs = PassManager([make_pass("distill")]).run(model, ctx)
-        seconds = time.perf_counter() - start
+        seconds += time.perf_counter() - start
         out = model.to_proto()
         a, b = outputs(pruned, feeds), outputs(out, feeds)
         row = {
@@ -187,7 +217,7 @@ def measure_pruned(name: str, ratio: float, variant: str = "uniform") -> dict:
     if ratio:
         options = VARIANTS[variant]
         calib = rm.real_inputs(name, n=N_CALIB[name], seed=CALIB_SEED) if options else None
-        PassManager([make_pass("prune-channels", ratio=ratio, **options)]).run(model, Context(calibration=calib))
+        prune_steps(model, Context(calibration=calib, teacher=teacher), ratio, options)  # distills between rounds
     proto = model.to_proto()
     return {"macs": macs_at(proto, feed), "size": proto.ByteSize(), "latency": latency_ms(proto, feed, runs=50)}
 
@@ -248,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", nargs="*", type=float, default=list(RATIOS))
     ap.add_argument("--variant-ratios", nargs="*", type=float, default=list(VARIANT_RATIOS),
                     help="ratios of the rows of the other VARIANTS (activation importance, global allocation)")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="which VARIANTS get rows at --variant-ratios")
     ap.add_argument("--out", help="write the Markdown table here (and the rows as JSON beside it)")
     ap.add_argument(
         "--refresh",
@@ -268,7 +300,7 @@ def main(argv=None) -> int:
         rows = []
         for name in args.models:
             try:
-                rows.extend(bench_model(name, args.ratios, args.variant_ratios))
+                rows.extend(bench_model(name, args.ratios, args.variant_ratios, args.variants))
             except Exception:
                 traceback.print_exc()
                 print(f"{name}: failed", file=sys.stderr)

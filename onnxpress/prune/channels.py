@@ -76,8 +76,11 @@ channels were removed to the kept output channel indices (so a teacher's output
 of that layer can be sliced to the student's). Tensor names are unchanged by
 pruning: a teacher activation and its student counterpart share a name.
 
-The pass runs once per model and context: a second run in the same pipeline
-(the pass manager's fixed point) changes nothing.
+The pass runs once per model and context: a second run of the same pass in
+the same pipeline (the pass manager's fixed point) changes nothing. Another
+``prune-channels`` later in the pipeline prunes again (progressive pruning:
+prune, ``distill``, prune, ``distill``); the indices it records stay those of
+the original model's channels.
 """
 from __future__ import annotations
 
@@ -436,9 +439,9 @@ class PruneChannels(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         self._check_options()
         done = ctx.options.setdefault("_prune_channels_done", set())
-        if id(model) in done:
+        if (id(model), id(self)) in done:
             return PassResult(False, {})
-        done.add(id(model))
+        done.add((id(model), id(self)))
         self.report = []
         shapes = infer_shapes(model)
         before = model_stats(model, shapes)
@@ -480,12 +483,24 @@ class PruneChannels(Pass):
                     node.name = names.new(f"{node.op}_pruned")
         masks = dg.apply(removed) if removed else {}
         pruned_layers = self._record(dg, masks, model) if removed else []
-        ctx.options["pruned_layers"] = list(ctx.options.get("pruned_layers", [])) + pruned_layers
+        # An earlier prune-channels of the pipeline (progressive pruning): indices
+        # stay those of the original model, so the teacher's tensors can be sliced.
+        before_layers = list(ctx.options.get("pruned_layers", []))
+        earlier = {p.node: p for p in before_layers if isinstance(p, PrunedLayer)}
+        for i, p in enumerate(pruned_layers):
+            if p.node in earlier:
+                old = earlier[p.node]
+                pruned_layers[i] = PrunedLayer(p.node, old.kept_inputs[p.kept_inputs], old.weight)
+        again = {p.node for p in pruned_layers}
+        ctx.options["pruned_layers"] = [
+            p for p in before_layers if not (isinstance(p, PrunedLayer) and p.node in again)
+        ] + pruned_layers
         channels = dict(ctx.options.get("pruned_channels", {}))
         for src in dg.sources:
             m = masks.get(src.output)
             if m is not None and not m.all():
-                channels[src.node.name] = np.flatnonzero(m).astype(np.int64)
+                kept = np.flatnonzero(m).astype(np.int64)
+                channels[src.node.name] = channels[src.node.name][kept] if src.node.name in channels else kept
         ctx.options["pruned_channels"] = channels
         ctx.options["prune_report"] = list(self.report)
         after = model_stats(model) if removed else before

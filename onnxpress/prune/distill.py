@@ -82,7 +82,9 @@ The pass reports the teacher/student error of every refit layer and of the
 model outputs (SNR in dB, cosine) on the calibration data before and after.
 Each layer is handled once per kind (float refit, quantized) per model, so a
 second run reports ``modified=False``; a second ``distill`` after
-``quantize-int8`` in a recipe handles the new quantized layers.
+``quantize-int8`` in a recipe handles the new quantized layers, and one after
+a second ``prune-channels`` (progressive pruning) refits the layers whose
+weight shape that pruning changed.
 
 Stats: ``layers_refit``, ``layers_gptq``, ``layers_bias_corrected``,
 ``layers_skipped``, ``layers_rejected``, ``model_snr_db_before/after``,
@@ -484,7 +486,7 @@ class Distill(Pass):
     calibration_limit: int = 64
 
     def run(self, model: Model, ctx: Context) -> PassResult:
-        done: set[tuple[str, str]] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
+        done: set[tuple] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
         layers, _ = find_layers(model, ALL_LINEAR_OPS)
         compressed = self._compressed_names(ctx)
         kept_out = {str(k): np.asarray(v, np.int64) for k, v in (ctx.options.get("pruned_channels") or {}).items()}
@@ -508,7 +510,8 @@ class Distill(Pass):
             else:
                 if not (self.all_layers or layer.name in compressed or layer.name in self.layers or _sparse(layer)):
                     continue
-                kind, key = "refit", (layer.name, "float")
+                # the weight's shape: a layer pruned again (progressive pruning) is refit again
+                kind, key = "refit", (layer.name, "float", tuple(layer.w.shape))
             if key in done:
                 continue
             done.add(key)

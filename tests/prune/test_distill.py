@@ -354,3 +354,43 @@ def test_distill_refits_convtranspose_after_channel_pruning(rng):
     print(f"ConvTranspose after 50% channel pruning: held-out SNR {before:.2f} -> {after:.2f} dB; {s}")
     assert "layer_snr_db_after:ct" in s and s["layer_snr_db_after:ct"] > s["layer_snr_db_before:ct"]
     assert after > before + 3.0
+
+
+def test_progressive_pruning_composes_indices_and_refits_again(rng):
+    """prune-channels, distill, prune-channels, distill in one pipeline: the
+    second pruning runs (another pass instance), the indices it records are the
+    original model's channels (a layer not refit keeps exactly the teacher's
+    rows at those indices), and the second distill refits the layers the second
+    pruning shrank again."""
+    teacher = convnet(rng, c=16)
+    mk = lambda n: [{"x": smooth_images(rng)} for _ in range(n)]
+    calib, held = mk(16), mk(8)
+    ctx = Context(calibration=calib, teacher=teacher)
+    names = ["prune-channels", "distill", "prune-channels", "distill"]
+    model = load(onnx.ModelProto.FromString(teacher.SerializeToString()))
+    passes = [make_pass("prune-channels", ratio=0.25), make_pass("distill"),
+              make_pass("prune-channels", ratio=0.25), make_pass("distill")]
+    recs = PassManager(passes, strict=True).run(model, ctx)
+    out = model.to_proto()
+    onnx.checker.check_model(out, full_check=True)
+    assert [r.name for r in recs] == names and all(r.modified for r in recs)
+    assert weights(out)["conv1"].shape[0] == 9  # 16 -> 12 -> 9
+    w_t, w_s = weights(teacher), weights(out)
+    kept1 = ctx.options["pruned_channels"]["conv1"]
+    assert kept1.shape == (9,) and len(set(kept1.tolist())) == 9 and kept1.max() < 16
+    # conv1 reads the graph input: distill refits it toward the teacher's sliced output,
+    # and the refit starts from (and here barely moves off) the teacher's rows.
+    rows = w_t["conv1"][kept1]
+    assert np.corrcoef(rows.ravel(), w_s["conv1"].ravel())[0, 1] > 0.9
+    layers = {p.node: p for p in ctx.options["pruned_layers"]}
+    assert set(layers) == {"conv2", "conv3"}
+    assert np.array_equal(layers["conv2"].kept_inputs, kept1)  # composed, into the original 16
+    second = recs[3].stats
+    assert second["layers_refit"] >= 2  # conv2 and conv3 shrank again: refit again
+    ref = outputs(teacher, held)
+    plain = load(onnx.ModelProto.FromString(teacher.SerializeToString()))
+    PassManager([make_pass("prune-channels", ratio=0.25), make_pass("prune-channels", ratio=0.25)]).run(plain, Context())
+    assert weights(plain.to_proto())["conv1"].shape[0] == 9
+    before, after = snr(ref, outputs(plain.to_proto(), held)), snr(ref, outputs(out, held))
+    print(f"pruned twice held-out SNR {before:.2f} dB, with distill after each {after:.2f} dB")
+    assert after > before + 3.0
