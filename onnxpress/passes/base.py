@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
@@ -52,6 +53,17 @@ class Context:
     teacher: Any = None
     target: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def model_state(self, key: str, model: Any) -> set:
+        """A set kept in ``options[key]`` for ``model`` (what a pass already did
+        to it), keyed by the model object itself: a new model that reuses a freed
+        model's ``id`` starts with an empty set."""
+        table = self.options.setdefault(key, {})
+        entry = table.get(id(model))
+        if entry is None or entry[0]() is not model:
+            entry = (weakref.ref(model), set())
+            table[id(model)] = entry
+        return entry[1]
 
 
 @dataclass

@@ -438,10 +438,11 @@ class PruneChannels(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         self._check_options()
-        done = ctx.options.setdefault("_prune_channels_done", set())
-        if (id(model), id(self)) in done:
+        done = ctx.model_state("_prune_channels_done", model)  # ids of the pass objects that ran
+        if id(self) in done:
             return PassResult(False, {})
-        done.add((id(model), id(self)))
+        done.add(id(self))
+        ctx.options.setdefault("_prune_channels_passes", []).append(self)  # so no other pass reuses the id
         self.report = []
         shapes = infer_shapes(model)
         before = model_stats(model, shapes)

@@ -486,7 +486,7 @@ class Distill(Pass):
     calibration_limit: int = 64
 
     def run(self, model: Model, ctx: Context) -> PassResult:
-        done: set[tuple] = ctx.options.setdefault("_distill_done", {}).setdefault(id(model), set())
+        done: set[tuple] = ctx.model_state("_distill_done", model)
         layers, _ = find_layers(model, ALL_LINEAR_OPS)
         compressed = self._compressed_names(ctx)
         kept_out = {str(k): np.asarray(v, np.int64) for k, v in (ctx.options.get("pruned_channels") or {}).items()}

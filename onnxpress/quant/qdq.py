@@ -351,8 +351,8 @@ class QuantizeInt8(Pass):
 
     # --------------------------------------------------------------- run
     def run(self, model: Model, ctx: Context) -> PassResult:
-        done = ctx.options.setdefault("_quantize_int8_done", set())
-        if id(model) in done:
+        done = ctx.model_state("_quantize_int8_done", model)
+        if done:
             return PassResult(False, {})
         if is_quantized(model):
             logger.warning("quantize-int8: the model is already quantized; left unchanged")
@@ -380,7 +380,7 @@ class QuantizeInt8(Pass):
         stats["opset_converted"] = converted
         stats["bytes_before"] = bytes_before
         stats["bytes_after"] = _weight_bytes(model)
-        done.add(id(model))
+        done.add(True)
         modified = bool(stats.get("quantized", 0) or converted)
         logger.info(
             "quantize-int8: %d nodes quantized %s, %d kept float, weights %.2f -> %.2f MB",
