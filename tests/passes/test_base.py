@@ -137,3 +137,21 @@ def test_lossy_passes_run_once_on_the_lossless_fixed_point():
     ctx = Context()
     PassManager([_Countdown(times=2), _Lossy()], fixed_point=False).run(_model(), ctx)
     assert ctx.options["log"] == ["test-countdown", "test-lossy"]
+
+
+def test_model_state_is_keyed_by_the_model_object():
+    """Context.model_state: one set per model; an entry left by a freed model
+    whose id a new model reuses is not handed to the new model."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a, b = load(proto), load(proto)
+    ctx = Context()
+    ctx.model_state("k", a).add("done")
+    assert ctx.model_state("k", a) == {"done"} and ctx.model_state("k", b) == set()
+    table = ctx.options["k"]
+    table[id(b)] = table.pop(id(a))  # as if b had reused the id of a freed model
+    assert ctx.model_state("k", b) == set()
