@@ -104,12 +104,20 @@ class OptimizeResult:
         return save(self.working, path, external_data=external_data)
 
     def pass_totals(self) -> dict[str, dict[str, float]]:
-        """Stats of each pass summed over iterations, plus its total ``seconds``."""
+        """Stats of each pass summed over iterations, plus its total ``seconds``.
+        A pass listed more than once in the pipeline (e.g. two ``prune-channels``
+        rounds) gets one entry per listing: ``name#1``, ``name#2``, ..."""
+        positions: dict[str, list[int]] = defaultdict(list)
+        for r in self.records:
+            if r.position not in positions[r.name]:
+                positions[r.name].append(r.position)
         totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for r in self.records:
+            where = sorted(positions[r.name])
+            label = r.name if len(where) == 1 else f"{r.name}#{where.index(r.position) + 1}"
             for k, v in r.stats.items():
-                totals[r.name][k] += v
-            totals[r.name]["seconds"] += r.seconds
+                totals[label][k] += v
+            totals[label]["seconds"] += r.seconds
         return {k: dict(v) for k, v in totals.items()}
 
     def pass_summary(self) -> str:

@@ -480,10 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (InputError, CheckError, OnnxpressError, OSError) as exc:
-        if args.verbose:
-            raise
         if isinstance(exc, BrokenPipeError):  # output piped into e.g. head
             return 0
+        if args.verbose:  # the traceback, then the same one line and exit code
+            import traceback
+
+            traceback.print_exc()
         if isinstance(exc, OSError):
             print(f"onnxpress: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
             return 2

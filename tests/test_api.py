@@ -62,3 +62,29 @@ def test_user_recipe_file(tmp_path):
     recipe.write_text('name = "mine"\nbogus = 1\n')
     with pytest.raises(UnknownPassError, match="unknown key 'bogus'"):
         onnxpress.optimize(model, recipe=recipe)
+
+
+def test_a_pass_listed_twice_gets_one_stats_entry_per_listing(tmp_path):
+    """Progressive pruning in a user recipe (prune-channels, distill, twice, with
+    their own ratios): pass_totals / to_dict keep each round apart (name#1,
+    name#2) instead of summing them (a cosine above 1, MACs of both rounds)."""
+    model, x, _ = load_demo()
+    recipe = tmp_path / "progressive.toml"
+    recipe.write_text(
+        'name = "progressive"\n'
+        '[[passes]]\nname = "prune-channels"\nratio = 0.2\n'
+        '[[passes]]\nname = "distill"\n'
+        '[[passes]]\nname = "prune-channels"\nratio = 0.1\n'
+        '[[passes]]\nname = "distill"\n'
+    )
+    r = onnxpress.optimize(model, recipe=recipe, calibration=[{"input": x[i : i + 10]} for i in range(0, 100, 10)])
+    totals = r.pass_totals()
+    assert set(totals) == {"prune-channels#1", "distill#1", "prune-channels#2", "distill#2"}
+    first, second = totals["prune-channels#1"], totals["prune-channels#2"]
+    assert first["channels_removed"] > second["channels_removed"] > 0
+    assert second["prunable"] == first["prunable"] - first["channels_removed"]  # the second round sees what is left
+    assert second["macs_before"] == first["macs_after"] > second["macs_after"] == r.after.macs
+    for d in (totals["distill#1"], totals["distill#2"]):
+        assert d["layers_refit"] >= 1 and 0 < d["model_cosine_after"] <= 1
+    line = next(ln for ln in r.pass_summary().splitlines() if ln.strip().startswith("prune-channels#2:"))
+    assert f"channels_removed={second['channels_removed']:g}," in line

@@ -101,7 +101,8 @@ def test_verbose_shows_traceback(tmp_path):
     src = tmp_path / "x.onnx"
     src.write_text("hello")
     r = _run("--verbose", "optimize", str(src), "-o", str(tmp_path / "o.onnx"))
-    assert r.returncode != 0 and "Traceback" in r.stderr
+    assert r.returncode == 2 and "Traceback" in r.stderr  # the exit code of bad input, as without --verbose
+    assert r.stderr.strip().splitlines()[-1].startswith("onnxpress: error:")
 
 
 def test_failed_check_exits_1_and_does_not_write(tmp_path, capsys):

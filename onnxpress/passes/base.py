@@ -88,6 +88,7 @@ class PassRecord:
     modified: bool
     seconds: float
     stats: dict[str, int | float]
+    position: int = 0  # index of the pass in the pass manager's list (a pass may be listed twice)
 
 
 class Pass:
@@ -279,7 +280,8 @@ class PassManager:
             except Exception as exc:
                 raise PassError(p.name, f"{type(exc).__name__}: {exc}") from exc
             seconds = time.perf_counter() - start
-            records.append(PassRecord(p.name, iteration, result.modified, seconds, dict(result.stats)))
+            position = next(i for i, q in enumerate(self.passes) if q is p)
+            records.append(PassRecord(p.name, iteration, result.modified, seconds, dict(result.stats), position))
             logger.info(
                 "%s (iteration %d): %s in %.3fs %s",
                 p.name,
