@@ -8,7 +8,8 @@ prune-channels settings of ``VARIANTS`` get a row each: "uniform, act." (the
 activation-aware importance) and "global MACs[, act.]" (``allocation="global"``,
 ``budget="macs"``: the MACs the uniform allocation removes at that ratio,
 shared out between groups by their measured sensitivity, at most 60% of a
-group; with L1 or activation importance inside a group; ", 8": kept counts
+group; with L1, activation ("act.") or reconstruction ("recon.", ThiNet's
+greedy) importance inside a group; ", 8": kept counts
 rounded up to multiples of 8; ", 2 steps": progressive, prune + distill twice,
 each round at ``1 - sqrt(1 - ratio)`` of the model at hand; its "pruned" column
 is the model before the last distill). Columns: MACs (M, on
@@ -66,6 +67,10 @@ VARIANTS = {
     },
     "global MACs, act., 8": {
         "allocation": "global", "budget": "macs", "importance": "activation", "max_ratio": 0.6, "sensitivity_samples": 4,
+        "round_to": 8,
+    },
+    "global MACs, recon., 8": {
+        "allocation": "global", "budget": "macs", "importance": "reconstruction", "max_ratio": 0.6, "sensitivity_samples": 4,
         "round_to": 8,
     },
     # progressive: "steps" prune-channels + distill rounds, each at 1 - (1 - ratio) ** (1 / steps)

@@ -255,3 +255,48 @@ def test_global_allocation_is_rounded_up_to_round_to(budget):
         assert 0 < grid.stats["channels_removed"] < fine.stats["channels_removed"]
     y_ref, y_got = outputs(proto, calib[0])[0], outputs(out, calib[0], optimize=True)[0]
     assert y_got.shape == y_ref.shape and np.isfinite(y_got).all()
+
+
+def _cancelling_mlp():
+    """x [B, 4] -> fc1 (h = x, but h3 = h2) -> fc2 -> y [B, 3]. The output
+    contributions of the hidden neurons are z0 = h0 e0, z1 = 0.7 h1 e1,
+    z2 = -0.5 h2 e2, z3 = 0.8 h2 e2: neurons 2 and 3 nearly cancel."""
+    from onnx import helper
+
+    from tests.prune._models import make_model, t
+
+    w1 = np.eye(4)
+    w1[3] = w1[2]
+    w2 = np.zeros((4, 3))
+    w2[0, 0], w2[1, 1], w2[2, 2], w2[3, 2] = 1.0, 0.7, -0.5, 0.8
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Gemm", ["h", "w2"], ["y"], name="fc2")]
+    return make_model(nodes, [("x", ["B", 4])], ["y"], [t(w1, "w1"), t(w2, "w2")])
+
+
+def test_reconstruction_importance_sees_channels_that_cancel():
+    """importance='reconstruction' (ThiNet's greedy on the consumers' output
+    contributions) removes the two neurons whose contributions cancel (output
+    energy lost 0.3^2 = 0.09); 'activation' (per-channel norms) removes the two
+    smallest ones (0.5^2 + 0.7^2 = 0.74)."""
+    proto = _cancelling_mlp()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((64, 4)).astype(np.float32)} for _ in range(4)]
+    held = {"x": rng.standard_normal((256, 4)).astype(np.float32)}
+    y = outputs(proto, held)[0]
+    lost = {}
+    for importance in ("activation", "reconstruction"):
+        out, result, _, _ = prune(proto, ctx=Context(calibration=calib), ratio=0.5, importance=importance)
+        assert result.stats["channels_removed"] == 2
+        # output energy lost per sample, per unit input variance
+        lost[importance] = float(np.mean(np.sum((outputs(out, held)[0] - y) ** 2, axis=1)) / np.mean(held["x"] ** 2))
+        kept = weight(out, "fc1")
+        if importance == "reconstruction":  # neurons 0 and 1 kept, exactly
+            np.testing.assert_array_equal(kept, np.eye(4, dtype=np.float32)[:2])
+    print(f"output energy lost per sample: {lost}")
+    assert abs(lost["reconstruction"] - 0.09) < 0.03 and abs(lost["activation"] - 0.74) < 0.15
+
+
+def test_reconstruction_importance_needs_calibration():
+    with pytest.raises(InputError, match="reconstruction.*calibration"):
+        prune(_cancelling_mlp(), ratio=0.5, importance="reconstruction")
