@@ -23,7 +23,8 @@ importance and the least important of them are removed:
   every consumer (Conv with one group, Gemm, MatMul) the output is a sum of
   per-input-channel contributions ``z_c``; their Gram matrix ``G[c, c'] =
   sum <z_c, z_c'>`` over the calibration data (Conv: at up to ``60000 / Cout``
-  random output positions per sample; Gemm/MatMul: ``(X^T X) * (W W^T)``),
+  random output positions per sample, of a centred crop when the unfolded input
+  would pass 256 MB; Gemm/MatMul: ``(X^T X) * (W W^T)``, up to 8192 inputs),
   normalized by ``trace / n`` per consumer and summed over the group's
   consumers, gives the energy ``1_R^T G 1_R`` a removed set ``R`` takes out of
   the outputs; channels are removed one at a time, each time the one that adds
@@ -214,6 +215,10 @@ def channel_importance(
     return score
 
 
+_GRAM_BYTES = 256 << 20  # unfolded Conv input of one sample, at most
+_GRAM_MAX_FEATURES = 8192  # Gemm/MatMul inputs wider than this are not counted
+
+
 class _ContributionGram:
     """Streams the Gram matrix of one consumer layer's per-input-channel output
     contributions (see ``importance="reconstruction"``), float64 ``[C, C]``."""
@@ -230,12 +235,18 @@ class _ContributionGram:
             w = layer.w
             cout, cin, kk = w.shape[0], w.shape[1], int(np.prod(w.shape[2:]))
             for x in np.asarray(array)[:, None]:  # one sample at a time
+                scale = math.sqrt(_GRAM_BYTES / max(x[0].size * kk * 8, 1))
+                if scale < 1:  # a centred crop keeps the unfolded patches under _GRAM_BYTES
+                    crop = [slice((d - max(int(d * scale), 1)) // 2, (d + max(int(d * scale), 1)) // 2) for d in x.shape[2:]]
+                    x = x[(slice(None), slice(None), *crop)]
                 rows = im2col(layer, x)[:, 0, :]
                 p = min(rows.shape[0], max(16, 60000 // cout))
                 rows = rows[self.rng.choice(rows.shape[0], p, replace=False)].reshape(p, cin, kk)
                 z = np.einsum("pck,ock->cpo", rows, w.reshape(cout, cin, kk)).reshape(cin, -1)
                 self._add(z @ z.T)
         else:  # Gemm / MatMul: contributions x_c * W[c, :]
+            if np.shape(array)[-1] > _GRAM_MAX_FEATURES:  # [D, D] too large: not counted
+                return
             a = np.asarray(array, np.float64).reshape(-1, np.shape(array)[-1])
             w = layer.w.T if layer.op == "Gemm" and int(layer.attrs.get("transB", 0)) else layer.w  # [in, out]
             self._add((a.T @ a) * (w @ w.T))

@@ -300,3 +300,19 @@ def test_reconstruction_importance_sees_channels_that_cancel():
 def test_reconstruction_importance_needs_calibration():
     with pytest.raises(InputError, match="reconstruction.*calibration"):
         prune(_cancelling_mlp(), ratio=0.5, importance="reconstruction")
+
+
+def test_reconstruction_importance_crops_large_conv_inputs(monkeypatch):
+    """A Conv input whose unfolded patches would pass the memory cap is cropped
+    (centre) for the Gram; the order is still a full ranking of the group."""
+    from onnxpress.prune import channels
+    from tests.prune._models import convnet
+
+    rng = np.random.default_rng(0)
+    proto = convnet(rng, c=16)
+    calib = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
+    full, _, _, _ = prune(proto, ctx=Context(calibration=calib), ratio=0.5, importance="reconstruction")
+    monkeypatch.setattr(channels, "_GRAM_BYTES", 2000)  # conv2 reads 16 x 16 x 16 x 9 x 8 bytes: cropped
+    cropped, result, _, _ = prune(proto, ctx=Context(calibration=calib), ratio=0.5, importance="reconstruction")
+    assert result.stats["channels_removed"] == 16
+    assert weight(cropped, "conv1").shape == weight(full, "conv1").shape == (8, 3, 3, 3)
