@@ -191,11 +191,11 @@ def channel_importance(
     tensors = list(dict.fromkeys(s.input for s in sinks))
     if not tensors:
         return score
-    proto = model.to_proto(external=True)
-    data = _limited(calibration, limit)
+    grams = _contribution_grams(dg, model) if method == "reconstruction" else {}
     captured = capture(
-        proto, tensors, data, lambda t: [PerChannel(axis=dg.ann[t].axis)], progress=False, desc="prune-channels"
-    )
+        model.to_proto(external=True), tensors, _limited(calibration, limit),
+        lambda t: [PerChannel(axis=dg.ann[t].axis), *grams.get(t, [])], progress=False, desc="prune-channels",
+    )  # fmt: skip
     act: dict[int, float] = {}
     for sink in sinks:
         stat = captured[sink.input][0]
@@ -210,8 +210,8 @@ def channel_importance(
     for r in score:
         if r in act:
             score[r] = act[r]
-    if method == "reconstruction":
-        score = _reconstruction_ranks(dg, model, calibration, limit, score)
+    if grams:
+        score = _reconstruction_ranks(dg, grams, score)
     return score
 
 
@@ -255,32 +255,28 @@ class _ContributionGram:
         self.gram = g if self.gram is None else self.gram + g
 
 
-def _reconstruction_ranks(dg: DepGraph, model: Model, calibration: Any, limit: int, score: dict[int, float]) -> dict[int, float]:
-    """``importance="reconstruction"``: each prunable class's rank in its group's
-    greedy removal order (see the module docstring); other classes keep ``score``."""
-    from ..calibration import capture
+def _contribution_grams(dg: DepGraph, model: Model) -> dict[str, list[_ContributionGram]]:
+    """A :class:`_ContributionGram` per consumer of ``dg`` that ``importance="reconstruction"``
+    counts (Conv with one group, Gemm, MatMul), by the tensor it reads."""
     from ._layers import find_layers
 
     layers = {layer.name: layer for layer in find_layers(model, ("Conv", "Gemm", "MatMul"))[0]}
-    sinks = [
-        s for s in dg.sinks
-        if s.input in dg.ann and s.block is None and s.node.name in layers and layers[s.node.name].groups == 1
-    ]  # fmt: skip
-    if not sinks:
-        return score
-    grams: list[tuple[str, _ContributionGram]] = []
+    out: dict[str, list[_ContributionGram]] = {}
+    for s in dg.sinks:
+        layer = layers.get(s.node.name)
+        if s.input in dg.ann and s.block is None and layer is not None and layer.groups == 1:
+            out.setdefault(s.input, []).append(_ContributionGram(layer))
+    return out
 
-    def collectors(tensor: str) -> list:
-        out = [_ContributionGram(layers[s.node.name]) for s in sinks if s.input == tensor]
-        grams.extend((tensor, c) for c in out)
-        return out
 
-    tensors = list(dict.fromkeys(s.input for s in sinks))
-    capture(model.to_proto(external=True), tensors, _limited(calibration, limit), collectors, progress=False)
+def _reconstruction_ranks(dg: DepGraph, grams: dict[str, list[_ContributionGram]], score: dict[int, float]) -> dict[int, float]:
+    """``importance="reconstruction"``: each prunable class's rank in its group's
+    greedy removal order (see the module docstring), from the consumers' streamed
+    Gram matrices; other classes keep ``score``."""
     where = {r: (gi, i) for gi, g in enumerate(dg.groups) for i, r in enumerate(g.prunable.tolist())}
     mats = [np.zeros((len(g.prunable), len(g.prunable))) for g in dg.groups]
     seen = [False] * len(dg.groups)
-    for tensor, c in grams:
+    for tensor, c in [(t, c) for t, cs in grams.items() for c in cs]:
         if c.gram is None:
             continue
         roots = dg.roots(dg.ann[tensor].ids)
@@ -537,6 +533,7 @@ class PruneChannels(Pass):
 
     def __post_init__(self) -> None:
         self.report: list[tuple[str, str]] = []
+        self._token = object()  # this pass object, hashable (a later prune-channels is another one)
 
     def _check_options(self) -> None:
         ratios = [self.ratio, *self.layer_ratios.values()]
@@ -565,11 +562,10 @@ class PruneChannels(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         self._check_options()
-        done = ctx.model_state("_prune_channels_done", model)  # ids of the pass objects that ran
-        if id(self) in done:
+        done = ctx.model_state("_prune_channels_done", model)  # tokens of the pass objects that ran
+        if self._token in done:
             return PassResult(False, {})
-        done.add(id(self))
-        ctx.options.setdefault("_prune_channels_passes", []).append(self)  # so no other pass reuses the id
+        done.add(self._token)
         self.report = []
         shapes = infer_shapes(model)
         before = model_stats(model, shapes)
