@@ -82,7 +82,7 @@ VARIANTS = {
 }
 
 
-def prune_steps(model, ctx, ratio: float, options: dict, distill_between: bool = True) -> float:
+def prune_steps(model, ctx, ratio: float, options: dict) -> float:
     """Run the prune-channels rounds of a variant on ``model`` (all but the last
     followed by ``distill``); returns the seconds spent in those distills."""
     options = dict(options)
@@ -91,7 +91,7 @@ def prune_steps(model, ctx, ratio: float, options: dict, distill_between: bool =
     seconds = 0.0
     for i in range(steps):
         PassManager([make_pass("prune-channels", ratio=step_ratio, **options)]).run(model, ctx)
-        if i < steps - 1 and distill_between:
+        if i < steps - 1:
             start = time.perf_counter()
             PassManager([make_pass("distill")]).run(model, ctx)
             seconds += time.perf_counter() - start
